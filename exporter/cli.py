@@ -1,0 +1,261 @@
+"""Command line: ``pg-runbook-exporter run | check``, flags in the Prometheus exporter style.
+
+Every flag can also come from the environment (``PGRB_…``; the database URL also from the app's own
+``DATABASE_URL``). Configuration problems exit with status 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from prometheus_client import ProcessCollector
+
+from exporter import __version__
+from exporter.cache import ResultCache
+from exporter.checkcmd import describe, format_table
+from exporter.collector import RunbookCollector
+from exporter.config import Config, ConfigError, load_config
+from exporter.dsn import DatabaseTarget, DatabaseUrlError, parse_database_url
+from exporter.logs import setup_logging
+from exporter.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN_ADDRESS = ":9819"
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True)
+class Common:
+    config: Config
+    target: DatabaseTarget
+    connections: int
+
+
+def _fail_config(problems: list[str]) -> None:
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _read_file(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        _fail_config([f"{path}: cannot read the {what}: {exc.strerror or exc}"])
+        raise  # unreachable: _fail_config exits
+
+
+def _database_target(
+    url: str | None, url_file: str | None, password_file: str | None
+) -> DatabaseTarget:
+    if url_file:
+        url = _read_file(url_file, "database URL file")
+    password = _read_file(password_file, "password file") if password_file else None
+    if not url:
+        # libpq's own environment (PGHOST, PGUSER, PGPASSWORD, PGPASSFILE, …) then applies.
+        url = "postgresql://"
+    try:
+        return parse_database_url(url, password=password or os.environ.get("PGPASSWORD"))
+    except DatabaseUrlError as exc:
+        _fail_config([f"database URL: {exc}"])
+        raise  # unreachable
+
+
+def _common(options: dict[str, Any]) -> Common:
+    try:
+        config = load_config(Path(options["config"]) if options["config"] else None)
+    except ConfigError as exc:
+        _fail_config(exc.problems)
+        raise  # unreachable
+    target = _database_target(
+        options["database_url"], options["database_url_file"], options["database_password_file"]
+    )
+    return Common(config=config, target=target, connections=options["connections"])
+
+
+def _database_options(func: Any) -> Any:
+    decorators = [
+        click.option(
+            "--config",
+            "config",
+            envvar="PGRB_CONFIG",
+            type=click.Path(dir_okay=False),
+            help="queries.yaml with the checks (default: the bundled one).",
+        ),
+        click.option(
+            "--database.url",
+            "database_url",
+            envvar=["PGRB_DATABASE_URL", "DATABASE_URL"],
+            help="PostgreSQL URL; Prisma's form is accepted (env DATABASE_URL).",
+            show_envvar=True,
+        ),
+        click.option(
+            "--database.url-file",
+            "database_url_file",
+            envvar="PGRB_DATABASE_URL_FILE",
+            type=click.Path(dir_okay=False),
+            help="File holding the database URL.",
+        ),
+        click.option(
+            "--database.password-file",
+            "database_password_file",
+            envvar="PGRB_DATABASE_PASSWORD_FILE",
+            type=click.Path(dir_okay=False),
+            help="File holding the database password (else PGPASSWORD or ~/.pgpass).",
+        ),
+        click.option(
+            "--database.connections",
+            "connections",
+            envvar="PGRB_DATABASE_CONNECTIONS",
+            type=click.IntRange(1, 10),
+            default=1,
+            show_default=True,
+            help="Connections the exporter may open (one per collection worker).",
+        ),
+        click.option(
+            "--log.level",
+            "log_level",
+            envvar="PGRB_LOG_LEVEL",
+            default="info",
+            type=click.Choice(["debug", "info", "warning", "error"]),
+            show_default=True,
+        ),
+        click.option(
+            "--log.format",
+            "log_format",
+            envvar="PGRB_LOG_FORMAT",
+            default="logfmt",
+            type=click.Choice(["logfmt", "json"]),
+            show_default=True,
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pg-runbook-exporter")
+def main() -> None:
+    """Prometheus exporter for the portal PostgreSQL: the database runbook's checks as metrics."""
+
+
+def build_pipeline(common: Common) -> tuple[ResultCache, Scheduler]:
+    cache = ResultCache(config=common.config)
+    cache.attach(RunbookCollector(cache), ProcessCollector(registry=None))
+    scheduler = Scheduler(
+        config=common.config, target=common.target, cache=cache, connections=common.connections
+    )
+    return cache, scheduler
+
+
+@main.command()
+@_database_options
+@click.option(
+    "--web.listen-address",
+    "listen_address",
+    envvar="PGRB_WEB_LISTEN_ADDRESS",
+    default=DEFAULT_LISTEN_ADDRESS,
+    show_default=True,
+    help="Address to serve on.",
+)
+@click.option(
+    "--web.telemetry-path",
+    "telemetry_path",
+    envvar="PGRB_WEB_TELEMETRY_PATH",
+    default="/metrics",
+    show_default=True,
+    help="Path of the metrics.",
+)
+@click.option(
+    "--web.config.file",
+    "web_config_file",
+    envvar="PGRB_WEB_CONFIG_FILE",
+    type=click.Path(dir_okay=False),
+    help="TLS and basic auth, in the Prometheus exporter-toolkit format.",
+)
+def run(**options: Any) -> None:
+    """Serve the checks' metrics, collected in the background."""
+    from exporter.webconfig import WebConfigError, load_web_config  # noqa: PLC0415
+    from exporter.webserver import WebServer  # noqa: PLC0415
+
+    common = _common(options)
+    web_config = None
+    if options["web_config_file"]:
+        try:
+            web_config = load_web_config(options["web_config_file"])
+        except WebConfigError as exc:
+            _fail_config(exc.problems)
+    setup_logging(
+        level=options["log_level"], fmt=options["log_format"], secrets=common.target.secrets
+    )
+    for warning in common.target.warnings:
+        logger.warning("database URL: %s", warning)
+    cache, scheduler = build_pipeline(common)
+    server = WebServer(
+        listen_address=options["listen_address"],
+        telemetry_path=options["telemetry_path"],
+        get_exposition=lambda: cache.exposition,
+        ready=cache.ready,
+        web_config=web_config,
+    )
+    try:
+        port = server.start()
+    except OSError as exc:
+        logger.error("cannot listen on %s: %s", options["listen_address"], exc.strerror or exc)
+        sys.exit(1)
+    logger.info(
+        "pg-runbook-exporter %s: %d checks from %s, database %s, listening on port %d",
+        __version__,
+        len(common.config.checks),
+        common.config.path,
+        common.target.display,
+        port,
+    )
+    scheduler.start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    logger.info("shutting down")
+    server.stop()
+    scheduler.stop()
+
+
+@main.command()
+@_database_options
+def check(**options: Any) -> None:
+    """Validate the config, connect, run every check once and print a table."""
+    common = _common(options)
+    setup_logging(
+        level="error" if options["log_level"] == "info" else options["log_level"],
+        fmt=options["log_format"],
+        secrets=common.target.secrets,
+    )
+    click.echo(f"config: {common.config.path} ({len(common.config.checks)} checks)")
+    click.echo(f"database: {common.target.display}")
+    cache, scheduler = build_pipeline(common)
+    scheduler.run_once()
+    scheduler.stop()
+    snapshot = cache.snapshot()
+    role = os.environ.get("PGUSER") or _role_of(common.target) or "<exporter role>"
+    lines = [describe(state, role) for state in snapshot.states]
+    click.echo(format_table(lines))
+    failed = sum(x.failed for x in lines)
+    skipped = sum(x.status.startswith("skipped") for x in lines)
+    click.echo(f"\n{len(lines) - failed - skipped} ok, {failed} failed, {skipped} skipped")
+    sys.exit(1 if failed else 0)
+
+
+def _role_of(target: DatabaseTarget) -> str | None:
+    user = target.display.split("://", 1)[-1].split("@", 1)[0]
+    return user or None

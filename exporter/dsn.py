@@ -1,0 +1,153 @@
+"""The portal's DATABASE_URL, written for Prisma, turned into libpq connection parameters.
+
+Prisma adds query parameters libpq rejects (``connection_limit``, ``pool_timeout``, ``schema``,
+…) and gives some TLS parameters another meaning (Prisma's ``sslcert`` is the server CA, libpq's
+``sslrootcert``). The password is kept out of everything this module returns for display.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import psycopg.conninfo
+from psycopg import ProgrammingError
+
+logger = logging.getLogger(__name__)
+
+# Parameters only Prisma understands: dropped (``schema`` becomes the search path).
+PRISMA_ONLY = frozenset(
+    {
+        "schema",
+        "connection_limit",
+        "pool_timeout",
+        "socket_timeout",
+        "pgbouncer",
+        "statement_cache_size",
+        "sslaccept",
+        "sslidentity",
+        "sslpassword",
+    }
+)
+_URL_PASSWORD = re.compile(r"(?P<head>\w+://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\S+)")
+
+
+class DatabaseUrlError(ValueError):
+    """A DATABASE_URL that cannot be used; the message never contains the password."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where the exporter connects: libpq conninfo (secret) and what may be shown of it."""
+
+    conninfo: str = field(repr=False)
+    display: str
+    search_path: str | None = None
+    pgbouncer: bool = False
+    app_connection_limit: int | None = None
+    warnings: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with URL and key=value passwords, and every known secret, replaced by ``***``."""
+    text = _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
+    text = _KV_PASSWORD.sub(r"\g<head>***", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _translate_tls(params: dict[str, str], warnings: list[str]) -> None:
+    """Give Prisma's TLS parameters their libpq meaning, refusing what libpq cannot do."""
+    if "sslidentity" in params:
+        raise DatabaseUrlError(
+            "sslidentity (a PKCS#12 client identity) has no libpq equivalent: convert it with "
+            "`openssl pkcs12` into a certificate and key and pass them as libpq's sslcert and "
+            "sslkey (or PGSSLCERT/PGSSLKEY)"
+        )
+    ca = params.pop("sslcert", None)
+    if ca is not None and "sslkey" not in params:
+        # Prisma's sslcert names the server CA; without a key it cannot be a client certificate.
+        params.setdefault("sslrootcert", ca)
+    elif ca is not None:
+        params["sslcert"] = ca
+    accept = params.get("sslaccept")
+    if accept == "accept_invalid_certs":
+        params["sslmode"] = "require"
+        warnings.append(
+            "sslaccept=accept_invalid_certs: the connection is encrypted but the server "
+            "certificate is not verified (sslmode=require)"
+        )
+    elif accept == "strict" and params.get("sslrootcert"):
+        params["sslmode"] = "verify-full"
+    elif accept not in (None, "strict"):
+        raise DatabaseUrlError(f"sslaccept={accept!r}: expected strict or accept_invalid_certs")
+
+
+def parse_database_url(url: str, *, password: str | None = None) -> DatabaseTarget:
+    """Parse a Prisma-style or libpq URL (or a libpq key=value string)."""
+    url = url.strip()
+    if not url:
+        raise DatabaseUrlError("the database URL is empty")
+    secrets = tuple(s for s in (password,) if s)
+    if "://" not in url:
+        return _from_conninfo(url, password=password, secrets=secrets)
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise DatabaseUrlError(f"unsupported URL scheme {parts.scheme!r}: expected postgresql://")
+    if parts.password:
+        secrets = (*secrets, parts.password)
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    warnings: list[str] = []
+    _translate_tls(params, warnings)
+    search_path = params.get("schema") or None
+    pgbouncer = params.get("pgbouncer", "").lower() == "true"
+    limit_text = params.get("connection_limit", "")
+    app_limit = int(limit_text) if limit_text.isdigit() else None
+    kept = {k: v for k, v in params.items() if k not in PRISMA_ONLY}
+    dropped = sorted(set(params) - set(kept) - {"sslcert"})
+    if dropped:
+        logger.debug("ignoring Prisma-only URL parameters: %s", ", ".join(dropped))
+    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), ""))
+    extra = {"password": password} if password else {}
+    try:
+        conninfo = psycopg.conninfo.make_conninfo(clean, **extra)
+    except ProgrammingError as exc:
+        raise DatabaseUrlError(redact(str(exc), secrets)) from None
+    host = parts.hostname or params.get("host", "localhost")
+    display_netloc = f"{quote(parts.username or '')}@{host}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    display = urlunsplit((parts.scheme, display_netloc, parts.path, "", ""))
+    return DatabaseTarget(
+        conninfo=conninfo,
+        display=display,
+        search_path=search_path,
+        pgbouncer=pgbouncer,
+        app_connection_limit=app_limit,
+        warnings=tuple(warnings),
+        secrets=secrets,
+    )
+
+
+def _from_conninfo(text: str, *, password: str | None, secrets: tuple[str, ...]) -> DatabaseTarget:
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(text)
+    except ProgrammingError as exc:
+        raise DatabaseUrlError(redact(str(exc), secrets)) from None
+    if params.get("password"):
+        secrets = (*secrets, str(params["password"]))
+    if password:
+        params["password"] = password
+    conninfo = psycopg.conninfo.make_conninfo(
+        "", **{k: v for k, v in params.items() if v is not None}
+    )
+    display = " ".join(
+        f"{k}={v}" for k, v in params.items() if k in ("host", "port", "dbname", "user")
+    )
+    return DatabaseTarget(conninfo=conninfo, display=display, secrets=secrets)
