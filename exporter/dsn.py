@@ -147,7 +147,6 @@ def _from_conninfo(text: str, *, password: str | None, secrets: tuple[str, ...])
     conninfo = psycopg.conninfo.make_conninfo(
         "", **{k: v for k, v in params.items() if v is not None}
     )
-    display = " ".join(
-        f"{k}={v}" for k, v in params.items() if k in ("host", "port", "dbname", "user")
-    )
+    shown = ("host", "port", "dbname", "user")
+    display = " ".join(f"{k}={params[k]}" for k in shown if k in params)
     return DatabaseTarget(conninfo=conninfo, display=display, secrets=secrets)
