@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,7 +56,7 @@ def configured(
     only: Iterable[str] | None = None,
     settings: Mapping[str, int | float | str] | None = None,
     base: Config | None = None,
-    **check_overrides: float,
+    **check_overrides: Any,
 ) -> Config:
     """The shipped config (or ``base``), narrowed to some checks, with settings overridden."""
     config = base or load_config()

@@ -5,6 +5,7 @@ Runs on each major under test (``PGRB_TEST_MAJORS``), as the shipped least-privi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -57,10 +58,8 @@ def sessions(db: PortalDb) -> Iterator[list[psycopg.Connection[Any]]]:
 
 def run_in_background(conn: psycopg.Connection[Any], statement: str) -> threading.Thread:
     def run() -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):  # cancelled at teardown
             conn.execute(statement.encode())
-        except psycopg.Error:
-            pass  # cancelled at teardown
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -96,7 +95,7 @@ def test_orphaned_mappings_are_counted(db: PortalDb) -> None:
 
 def test_duplicate_whmcs_and_salesforce_ids_are_counted(db: PortalDb) -> None:
     seed_users(db, 10)
-    # WHMCS 100 ×3 and 200 ×2: two duplicated ids, five rows. Salesforce 'A' ×2: one id, two rows.
+    # WHMCS 100 thrice and 200 twice: two duplicated ids, five rows; Salesforce 'A' twice: one, two.
     for user, whmcs, sf in [
         ("u1", 100, "A"),
         ("u2", 100, "A"),
@@ -120,7 +119,7 @@ def test_failed_and_unfinished_prisma_migrations_are_counted(db: PortalDb) -> No
         """
         INSERT INTO _prisma_migrations (id, checksum, migration_name, started_at, finished_at,
                                         logs, rolled_back_at, applied_steps_count)
-        VALUES ('1', 'c', 'init', now() - interval '1 day', now() - interval '1 day', NULL, NULL, 1),
+        VALUES ('1', 'c', 'init', now() - interval '1 d', now() - interval '1 d', NULL, NULL, 1),
                ('2', 'c', 'broken', now() - interval '2 hours', NULL, 'error: boom', NULL, 0),
                ('3', 'c', 'rolled', now() - interval '3 hours', NULL, 'error', now(), 0),
                ('4', 'c', 'running', now() - interval '1 minute', NULL, NULL, NULL, 0)
@@ -199,7 +198,7 @@ def test_long_running_queries_are_split_into_client_and_maintenance(
             "AND now() - query_start > interval '1 second'",
             dbname=db.name,
         )
-        return rows[0][0] == 2
+        return bool(rows[0][0] == 2)
 
     wait_for(both_active, what="two sleeping queries older than 1 s")
     config = configured(only=["long_running_queries"], settings={"long_running_query_seconds": 1})

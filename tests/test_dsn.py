@@ -1,4 +1,4 @@
-"""DATABASE_URL in the app's Prisma form: Prisma-only parameters dropped, TLS translated, no leaks."""
+"""DATABASE_URL in the app's Prisma form: Prisma-only parameters dropped, TLS translated."""
 
 from __future__ import annotations
 
