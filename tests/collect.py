@@ -36,7 +36,7 @@ class Scrape:
     def series(self, name: str) -> dict[LabelSet, float]:
         return dict(self.samples.get(name, {}))
 
-    def get(self, name: str, **labels: str) -> float | None:
+    def get(self, name: str, /, **labels: str) -> float | None:
         """The value of the one series of ``name`` whose labels include ``labels``."""
         wanted = set(labels.items())
         found = [v for k, v in self.samples.get(name, {}).items() if wanted <= set(k)]
@@ -44,7 +44,7 @@ class Scrape:
             raise AssertionError(f"{name}{labels} matches {len(found)} series")
         return found[0] if found else None
 
-    def value(self, name: str, **labels: str) -> float:
+    def value(self, name: str, /, **labels: str) -> float:
         found = self.get(name, **labels)
         if found is None:
             raise AssertionError(f"no series {name}{labels} in the exposition")
