@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from exporter.sqlvet import vet
+
 logger = logging.getLogger(__name__)
 
 MetricType = Literal["gauge", "counter"]
@@ -348,6 +350,13 @@ def _check_placeholders(
             problems.add(where, "a literal % must be written %% (settings are bound as %(name)s)")
 
 
+def _vet_sql(variants: tuple[SqlVariant, ...], path: str, problems: _Problems) -> None:
+    for index, variant in enumerate(variants):
+        where = path if len(variants) == 1 else f"{path}[{index}].sql"
+        for problem in vet(variant.sql) if variant.sql else ():
+            problems.add(where, problem)
+
+
 def _load_requires(raw: object, path: str, problems: _Problems) -> Requirements:
     if raw is None:
         return Requirements()
@@ -439,6 +448,7 @@ def _load_check(
         return None
     variants = _load_variants(data.get("sql"), f"{path}.sql", problems)
     _check_placeholders(variants, f"{path}.sql", settings, problems)
+    _vet_sql(variants, f"{path}.sql", problems)
     labels = data.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         problems.add(f"{path}.labels", "expected a list of column names")
