@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter import __version__
+from exporter import __version__, selfmetrics
 from exporter.cache import CheckState, ResultCache, Snapshot
 
 logger = logging.getLogger(__name__)
+
+Family = GaugeMetricFamily | CounterMetricFamily
 
 
 class RunbookCollector(Collector):
@@ -55,59 +57,32 @@ class RunbookCollector(Collector):
                 )
 
     def _self_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        name = snap.config.metric_name
-        up = GaugeMetricFamily(
-            name("up"), "1 when the database answered the exporter's last attempt, else 0."
-        )
+        up = family(snap, selfmetrics.UP)
         if snap.up is not None:
             up.add_metric([], 1.0 if snap.up else 0.0)
         yield up
-        info = GaugeMetricFamily(
-            name("build_info"),
-            "Exporter version; the value is always 1.",
-            labels=["version", "python_version"],
-        )
+        info = family(snap, selfmetrics.BUILD_INFO)
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info
         yield from _per_check(snap)
 
 
+def family(
+    snap: Snapshot, metric: selfmetrics.SelfMetric
+) -> GaugeMetricFamily | CounterMetricFamily:
+    kind = CounterMetricFamily if metric.type == "counter" else GaugeMetricFamily
+    return kind(snap.config.metric_name(metric.name), metric.help, labels=list(metric.labels))
+
+
 def _per_check(snap: Snapshot) -> Iterator[Metric]:
-    name = snap.config.metric_name
-    success = GaugeMetricFamily(
-        name("check_success"),
-        "1 when the check's last run succeeded, 0 when it failed; absent while skipped.",
-        labels=["check"],
-    )
-    skipped = GaugeMetricFamily(
-        name("check_skipped"),
-        "1 while the check cannot run here (version, standby, missing extension or table).",
-        labels=["check", "reason"],
-    )
-    duration = GaugeMetricFamily(
-        name("check_duration_seconds"), "Wall time of the check's last run.", labels=["check"]
-    )
-    last = GaugeMetricFamily(
-        name("check_last_success_timestamp_seconds"),
-        "Unix time of the check's last successful run.",
-        labels=["check"],
-    )
-    interval = GaugeMetricFamily(
-        name("check_interval_seconds"), "How often the check runs.", labels=["check"]
-    )
-    errors = CounterMetricFamily(
-        name("check_errors_total"),
-        "Failed runs of the check by reason.",
-        labels=["check", "reason"],
-    )
-    series = GaugeMetricFamily(
-        name("check_series"), "Series the check exports now.", labels=["check"]
-    )
-    truncated = GaugeMetricFamily(
-        name("check_truncated"),
-        "1 when the check returned more rows than its max_series and the rest were dropped.",
-        labels=["check"],
-    )
+    success = family(snap, selfmetrics.CHECK_SUCCESS)
+    skipped = family(snap, selfmetrics.CHECK_SKIPPED)
+    duration = family(snap, selfmetrics.CHECK_DURATION)
+    last = family(snap, selfmetrics.CHECK_LAST_SUCCESS)
+    interval = family(snap, selfmetrics.CHECK_INTERVAL)
+    errors = family(snap, selfmetrics.CHECK_ERRORS)
+    series = family(snap, selfmetrics.CHECK_SERIES)
+    truncated = family(snap, selfmetrics.CHECK_TRUNCATED)
     for state in snap.states:
         check = state.check.name
         interval.add_metric([check], state.check.interval)
@@ -130,12 +105,12 @@ def _add_state(
     state: CheckState,
     now: float,
     *,
-    success: GaugeMetricFamily,
-    skipped: GaugeMetricFamily,
-    duration: GaugeMetricFamily,
-    last: GaugeMetricFamily,
-    series: GaugeMetricFamily,
-    truncated: GaugeMetricFamily,
+    success: Family,
+    skipped: Family,
+    duration: Family,
+    last: Family,
+    series: Family,
+    truncated: Family,
 ) -> None:
     check = [state.check.name]
     if state.skipped is not None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from exporter import selfmetrics
 from exporter.sqlvet import vet
 
 logger = logging.getLogger(__name__)
@@ -27,20 +28,6 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _STRAY_PERCENT = re.compile(r"%(?!%|\(\w+\)s)")
-
-# Metric names the exporter itself exports; a check must not reuse them.
-SELF_METRICS = (
-    "up",
-    "build_info",
-    "check_success",
-    "check_skipped",
-    "check_duration_seconds",
-    "check_last_success_timestamp_seconds",
-    "check_interval_seconds",
-    "check_errors_total",
-    "check_series",
-    "check_truncated",
-)
 
 
 class ConfigError(Exception):
@@ -498,7 +485,9 @@ def _load_check(
 def _check_unique_metrics(
     config_checks: list[Check], settings: tuple[Setting, ...], namespace: str, problems: _Problems
 ) -> None:
-    owner: dict[str, str] = {f"{namespace}_{name}": "the exporter itself" for name in SELF_METRICS}
+    owner: dict[str, str] = {
+        f"{namespace}_{name}": "the exporter itself" for name in selfmetrics.NAMES
+    }
     for setting in settings:
         if setting.metric is None:
             continue
