@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import psycopg
 
 from exporter.cache import ResultCache
 from exporter.collector import RunbookCollector
-from exporter.config import Config, parse_config
+from exporter.config import Config, SqlVariant, parse_config
 from exporter.dsn import parse_database_url
 from exporter.scheduler import Scheduler
 from exporter.session import APPLICATION_NAME
@@ -307,9 +308,17 @@ def test_the_exporter_session_is_read_only(portal_db: PortalDb) -> None:
 checks:
   writer:
     help: Tries to write.
-    sql: "WITH d AS (DELETE FROM users RETURNING 1) SELECT count(*) AS n FROM d"
+    sql: SELECT 0 AS n
     metrics: {n: {name: deleted, type: gauge, help: Deleted rows.}}
 """)
+    # Past the SQL vetting done at load: the session itself must refuse the write.
+    writer = dataclasses.replace(
+        config.checks[0],
+        variants=(
+            SqlVariant(sql="WITH d AS (DELETE FROM users RETURNING 1) SELECT count(*) AS n FROM d"),
+        ),
+    )
+    config = dataclasses.replace(config, checks=(writer,))
     portal_db.server.execute(
         "INSERT INTO users (id, email, updated_at) VALUES ('x', 'x', now());"
         "GRANT DELETE ON users TO pgrb_exporter",
