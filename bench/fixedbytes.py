@@ -25,20 +25,30 @@ def build_response(body: bytes, *, content_type: str, encoding: str | None) -> b
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def _serve(host: str, port: int, response: bytes) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                # Requests carry no body: the header block ends at the blank line.
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(response)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+class _Fixed(asyncio.Protocol):
+    """Answers each request (counted by its blank line; scrapes carry no body) with `response`."""
 
-    server = await asyncio.start_server(handle, host, port, backlog=1024)
+    def __init__(self, response: bytes) -> None:
+        self._response = response
+        self._transport: asyncio.Transport | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._tail + data
+        requests = buf.count(b"\r\n\r\n")
+        # Keep the last 3 bytes: a request's blank line may straddle two reads.
+        self._tail = buf[-3:] if buf.endswith((b"\r", b"\r\n", b"\r\n\r")) else b""
+        if requests and self._transport is not None:
+            self._transport.write(self._response * requests)
+
+
+async def _serve(host: str, port: int, response: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Fixed(response), host, port, backlog=1024)
     async with server:
         await server.serve_forever()
 

@@ -8,12 +8,14 @@ import re
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
 import psycopg
 
 from bench.checks import Check
+from bench.loadgen import fetch
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +59,75 @@ def psql_times(dsn: str, checks: tuple[Check, ...], *, repeat: int) -> dict[str,
     }
 
 
-def exporter_durations(exposition: str, *, namespace: str) -> dict[str, float]:
-    """`<ns>_check_duration_seconds{check=…}` from this exporter's exposition."""
-    wanted = f"{namespace}_check_duration_seconds"
+def _by_check(exposition: str, metric: str) -> dict[str, float]:
     return {
-        check: float(value) for name, check, value in _SAMPLE.findall(exposition) if name == wanted
+        check: float(value) for name, check, value in _SAMPLE.findall(exposition) if name == metric
     }
+
+
+class DurationSampler:
+    """Collects this exporter's check run times while it runs undisturbed (the load windows).
+
+    Every run of a check is recorded once, keyed by its last-success timestamp, so a check that
+    ran several times contributes several samples; `medians()` gives the typical run.
+    """
+
+    def __init__(
+        self, port: int, *, namespace: str, every: float = 1.0, since: float = 0.0
+    ) -> None:
+        self._since = since  # Unix time: runs that succeeded earlier are ignored
+        self._port = port
+        self._ns = namespace
+        self._every = every
+        self._runs: dict[str, dict[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="durations")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                text = fetch("127.0.0.1", self._port, timeout=10).text()
+            except OSError:
+                continue
+            durations = _by_check(text, f"{self._ns}_check_duration_seconds")
+            stamps = _by_check(text, f"{self._ns}_check_last_success_timestamp_seconds")
+            for check, secs in durations.items():
+                if stamps.get(check, 0.0) >= self._since:
+                    self._runs.setdefault(check, {})[stamps[check]] = secs
+
+    def __enter__(self) -> DurationSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def medians(self) -> dict[str, float]:
+        return {c: statistics.median(runs.values()) for c, runs in self._runs.items() if runs}
+
+    def samples(self) -> dict[str, int]:
+        return {c: len(runs) for c, runs in self._runs.items()}
+
+
+_FAULT_METRICS = {
+    "orphaned_mappings": "id_mappings_orphaned",
+    "duplicate_whmcs_groups": "id_mappings_duplicate_whmcs_ids",
+    "duplicate_sf_groups": "id_mappings_duplicate_sf_ids",
+}
+
+
+def reported_faults(exposition: str) -> dict[str, float]:
+    """The integrity counts an exporter reports (any namespace, labels ignored, values summed)."""
+    found: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        for fault, suffix in _FAULT_METRICS.items():
+            if name.endswith(suffix):
+                found[fault] = found.get(fault, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
 
 
 @dataclass(frozen=True)

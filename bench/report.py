@@ -171,6 +171,21 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 )
             except (KeyError, ZeroDivisionError):
                 pass
+    want = res["seed"]["faults"]
+    for name in ("pgrb", "qe"):
+        got = res.get("targets", {}).get(name, {}).get("faults")
+        if got is not None:
+            shown = " / ".join(_n(got.get(k)) for k in want)
+            ok = all(got.get(k) == v for k, v in want.items())
+            rows.append(
+                (
+                    f"{LABELS[name]} reports the seeded faults ("
+                    + " / ".join(str(v) for v in want.values())
+                    + ")",
+                    shown,
+                    ok,
+                )
+            )
     integ = res.get("integrity", {})
     if integ:
         top = max(integ, key=int)
@@ -222,13 +237,15 @@ def _load_table(res: dict[str, Any]) -> list[str]:
 def _overhead_table(ov: dict[str, Any]) -> list[str]:
     if not ov:
         return ["This exporter did not run: no collection-cycle figures."]
-    lines = ["| check | exporter s | psql s | ratio |", "|---|---:|---:|---:|"]
+    lines = ["| check | runs | exporter s | psql s | ratio |", "|---|---:|---:|---:|---:|"]
     for name, x in sorted(ov["per_check"].items(), key=lambda kv: -kv[1]["psql_s"]):
         r = x["exporter_s"] / x["psql_s"] if x["psql_s"] else 0
-        lines.append(f"| {name} | {x['exporter_s']:.4f} | {x['psql_s']:.4f} | {r:.2f} |")
+        lines.append(
+            f"| {name} | {x.get('runs', 1)} | {x['exporter_s']:.4f} | {x['psql_s']:.4f} | {r:.2f} |"
+        )
     total = ov["exporter_cycle_s"] / ov["psql_cycle_s"]
     lines.append(
-        f"| **whole cycle** | **{ov['exporter_cycle_s']:.4f}** | "
+        f"| **whole cycle** | | **{ov['exporter_cycle_s']:.4f}** | "
         f"**{ov['psql_cycle_s']:.4f}** | **{total:.2f}** |"
     )
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import tempfile
@@ -97,6 +98,7 @@ def _describe(up: dict[str, targets.Running]) -> dict[str, dict[str, Any]]:
             "content_type": resp.headers.get("content-type", ""),
             "content_encoding": resp.headers.get("content-encoding", ""),
             "rss_mb": targets.rss_bytes(run.proc.pid) / 2**20,
+            "faults": overhead.reported_faults(resp.text()),
         }
     return out
 
@@ -136,18 +138,28 @@ def _throughput(
 
 
 def _overhead(
-    db: Database, up: dict[str, targets.Running], resolved: checks.Resolved
+    db: Database, mine: dict[str, float], samples: dict[str, int], resolved: checks.Resolved
 ) -> dict[str, Any]:
-    if "pgrb" not in up:
+    """This exporter's typical run of each check against psql running the same SQL."""
+    if not mine:
         return {}
-    mine = overhead.exporter_durations(_exposition(up["pgrb"]).text(), namespace=resolved.namespace)
     raw = overhead.psql_times(db.role_dsn("bench_pgrb"), resolved.checks, repeat=5)
     both = [c for c in raw if c in mine]
     return {
-        "per_check": {c: {"exporter_s": mine[c], "psql_s": raw[c]} for c in both},
+        "per_check": {
+            c: {"exporter_s": mine[c], "psql_s": raw[c], "runs": samples.get(c, 0)} for c in both
+        },
         "exporter_cycle_s": sum(mine[c] for c in both),
         "psql_cycle_s": sum(raw[c] for c in both),
     }
+
+
+def _sampler(
+    up: dict[str, targets.Running], ns: str, *, since: float = 0.0
+) -> overhead.DurationSampler | None:
+    if "pgrb" not in up:
+        return None
+    return overhead.DurationSampler(up["pgrb"].port, namespace=ns, since=since)
 
 
 def _settle_after_change(up: dict[str, targets.Running], resolved: checks.Resolved) -> None:
@@ -202,18 +214,26 @@ def run(opts: Options) -> dict[str, Any]:
                 up.update(fixed)
             results["targets"] = _describe(up)
             results["load"] = {}
-            for n in opts.load_scrapers:
-                loads = dbload.measure(
-                    db.dsn, up, scrapers=n, interval=opts.scrape_interval, window=opts.load_window
-                )
-                results["load"][str(n)] = {k: asdict(v) for k, v in loads.items()}
+            # Check run times are sampled here, while only paced scrapers run.
+            sampler = _sampler(up, resolved.namespace)
+            with sampler or contextlib.nullcontext():
+                for n in opts.load_scrapers:
+                    loads = dbload.measure(
+                        db.dsn,
+                        up,
+                        scrapers=n,
+                        interval=opts.scrape_interval,
+                        window=opts.load_window,
+                    )
+                    results["load"][str(n)] = {k: asdict(v) for k, v in loads.items()}
+            if sampler is not None:
+                results["overhead"] = _overhead(db, sampler.medians(), sampler.samples(), resolved)
             results["throughput"] = _throughput(
                 up, connections=opts.connections, rounds=opts.rounds, duration=opts.duration
             )
             results["rss_after_load_mb"] = {
                 n: targets.rss_bytes(r.proc.pid) / 2**20 for n, r in up.items()
             }
-            results["overhead"] = _overhead(db, up, resolved)
             if opts.extra_tables:
                 results["extra_tables"] = _extra_tables(db, up, resolved, opts)
         finally:
@@ -244,7 +264,9 @@ def _extra_tables(
 ) -> dict[str, Any]:
     secs = seed.add_tables(db.dsn, count=opts.extra_tables)
     logger.info("created %d extra tables in %.0fs", opts.extra_tables, secs)
-    _settle_after_change(up, resolved)
+    sampler = _sampler(up, resolved.namespace, since=time.time())
+    with sampler or contextlib.nullcontext():
+        _settle_after_change(up, resolved)
     live = {n: r for n, r in up.items() if n != "fixed"}
     conns = tuple(c for c in opts.connections if c >= 8) or opts.connections
     return {
@@ -253,5 +275,7 @@ def _extra_tables(
         "throughput": _throughput(
             live, connections=conns, rounds=opts.rounds, duration=opts.duration
         ),
-        "overhead": _overhead(db, live, resolved),
+        "overhead": _overhead(db, sampler.medians(), sampler.samples(), resolved)
+        if sampler is not None
+        else {},
     }
