@@ -344,3 +344,41 @@ def demo(listen_address: str, major: int, log_level: str) -> None:
                 )
 
             serve(common, listen_address=listen_address, on_ready=announce)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config",
+    envvar="PGRB_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="queries.yaml with the checks (default: the bundled one).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Repository root to write into.",
+)
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Write nothing; exit 1 when a generated file is out of date.",
+)
+def generate(config: str | None, root: Path, check_only: bool) -> None:
+    """Regenerate docs, alert rules, dashboards and README tables from queries.yaml."""
+    from exporter import generate as generated  # noqa: PLC0415
+
+    try:
+        loaded = load_config(Path(config) if config else None)
+    except ConfigError as exc:
+        _fail_config(exc.problems)
+    if check_only:
+        drifted = generated.drift(loaded, root=root)
+        for item in drifted:
+            click.echo(f"{item.path}: {item.reason}; run `pg-runbook-exporter generate`", err=True)
+        sys.exit(1 if drifted else 0)
+    for path in generated.write(loaded, root=root):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,44 @@
+"""Files derived from queries.yaml are committed exactly as the generators produce them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from exporter.config import load_config
+from exporter.generate import drift
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_generated_files_match_queries_yaml() -> None:
+    stale = drift(load_config(), root=REPO)
+    assert stale == [], "run `pg-runbook-exporter generate` and commit the result"
+
+
+def test_generate_check_fails_on_a_hand_edited_file(tmp_path: Path) -> None:
+    for name in ("README.md", "queries.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    shutil.copytree(REPO / "alerts", tmp_path / "alerts", dirs_exist_ok=True)
+    shutil.copytree(REPO / "dashboards", tmp_path / "dashboards", dirs_exist_ok=True)
+    metrics = tmp_path / "docs" / "metrics.md"
+    metrics.write_text(metrics.read_text() + "\nA line someone added by hand.\n")
+    command = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "generate",
+        "--root",
+        str(tmp_path),
+        "--config",
+        str(tmp_path / "queries.yaml"),
+    ]
+    result = subprocess.run([*command, "--check"], capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "docs/metrics.md: differs from the generator's output" in result.stderr
+    subprocess.run(command, check=True, capture_output=True)
+    again = subprocess.run([*command, "--check"], capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
