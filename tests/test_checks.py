@@ -19,6 +19,8 @@ from tests.conftest import PortalDb
 
 pytestmark = pytest.mark.usefixtures("portal_db_each")
 
+INTEGRITY = ["id_mappings_orphans", "id_mappings_duplicate_whmcs", "id_mappings_duplicate_sf"]
+
 
 @pytest.fixture
 def db(portal_db_each: PortalDb) -> PortalDb:
@@ -89,7 +91,7 @@ def test_orphaned_mappings_are_counted(db: PortalDb) -> None:
         add_mapping(db, user, None, None)
     for gone in ("deleted-1", "deleted-2", "deleted-3", "deleted-4"):
         add_mapping(db, gone, None, None)
-    scrape = collect_once(db.monitor_dsn, configured(only=["id_mappings_integrity"]))
+    scrape = collect_once(db.monitor_dsn, configured(only=INTEGRITY))
     assert scrape.value("pgrb_id_mappings_orphaned") == 4
 
 
@@ -106,7 +108,7 @@ def test_duplicate_whmcs_and_salesforce_ids_are_counted(db: PortalDb) -> None:
         ("u7", None, None),
     ]:
         add_mapping(db, user, whmcs, sf)
-    scrape = collect_once(db.monitor_dsn, configured(only=["id_mappings_integrity"]))
+    scrape = collect_once(db.monitor_dsn, configured(only=INTEGRITY))
     assert scrape.value("pgrb_id_mappings_duplicate_whmcs_ids") == 2
     assert scrape.value("pgrb_id_mappings_duplicate_whmcs_rows") == 5
     assert scrape.value("pgrb_id_mappings_duplicate_sf_ids") == 1

@@ -276,7 +276,7 @@ def test_check_command_accepts_the_apps_prisma_url_and_never_prints_the_password
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "id_mappings_integrity" in output
+    assert "id_mappings_orphans" in output
     assert " failed" in output and "0 failed" in output
     assert "monitor-test-password" not in output
 
