@@ -61,6 +61,10 @@ class Scheduler:
         self._clock = clock
         self._params = config.sql_params()
         relations = sorted({r for c in config.checks for r in c.requires.relations})
+        # Reconnection never waits longer than half the shortest interval, so once the database
+        # is back every check succeeds again at its next run at the latest.
+        shortest = min((c.interval for c in config.checks), default=max_backoff)
+        max_backoff = min(max_backoff, shortest / 2)
         self._sessions = [
             Session(
                 target=target,
