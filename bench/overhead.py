@@ -171,12 +171,12 @@ def _cost(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> float:
 
 
 def integrity_shapes(
-    dsn: str, *, check: Check | None, timeout_s: float, repeat: int = 3
+    dsn: str, *, checks: tuple[Check, ...], timeout_s: float, repeat: int = 3
 ) -> list[Shape]:
     """Time each shape (median of `repeat`; one try for a shape that hits the timeout)."""
     shapes = dict(SHAPES)
-    if check is not None:
-        shapes[f"queries.yaml {check.name} (whole check)"] = check.sql
+    for check in checks:
+        shapes[f"queries.yaml {check.name}"] = check.sql
     out: list[Shape] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"SET statement_timeout = '{int(timeout_s * 1000)}ms'".encode())
