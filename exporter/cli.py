@@ -219,13 +219,16 @@ def serve(
     for warning in common.target.warnings:
         logger.warning("database URL: %s", warning)
     cache, scheduler = build_pipeline(common)
-    server = WebServer(
-        listen_address=listen_address,
-        telemetry_path=telemetry_path,
-        get_exposition=lambda: cache.exposition,
-        ready=cache.ready,
-        web_config=web_config,
-    )
+    try:
+        server = WebServer(
+            listen_address=listen_address,
+            telemetry_path=telemetry_path,
+            get_exposition=lambda: cache.exposition,
+            ready=cache.ready,
+            web_config=web_config,
+        )
+    except ValueError as exc:
+        _fail_config([str(exc)])
     try:
         port = server.start()
     except OSError as exc:
