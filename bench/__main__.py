@@ -114,6 +114,7 @@ def options(ns: argparse.Namespace) -> Options:
         scrape_interval=ns.scrape_interval if not quick else min(ns.scrape_interval, 5.0),
         integrity_timeout=ns.integrity_timeout if not quick else min(ns.integrity_timeout, 10.0),
         only=ns.only,
+        quick=quick,
     )
 
 

@@ -24,6 +24,22 @@ TIMES = "\u00d7"
 COMMAND = "python -m bench --mappings 1M,10M --extra-tables 5000"
 
 
+METHOD = [
+    "## Method",
+    "",
+    "One throwaway PostgreSQL (pg_stat_statements loaded) holds the portal schema"
+    " (`sql/portal-schema.sql`) seeded with the rows above. Each exporter connects as its own"
+    " login role in `pg_monitor`, so pg_stat_statements tells their statements apart;"
+    " query-exporter runs the checks of `queries.yaml` (one query per check, generated at run"
+    " time). The ceiling is an asyncio server answering every request with a captured response"
+    " of this exporter, byte for byte. Scrape figures are wrk medians over interleaved rounds"
+    " (each round visits every exporter at every connection count, the order rotating), so"
+    " drift on the shared machine hits all alike; wrk runs on the same 2 cores as the"
+    " exporters. RSS and CPU come from /proc (the whole process tree); database load is the"
+    " pg_stat_statements delta of each role over a window of paced scrapers.",
+]
+
+
 def _version(argv: list[str], pattern: str) -> str:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
@@ -294,8 +310,11 @@ def markdown(res: dict[str, Any]) -> str:
         "Prometheus' `Accept` and `Accept-Encoding: gzip` headers, keep-alive",
         f"- wall time of the run: {res.get('wall_seconds', 0) / 60:.1f} min",
     ]
+    if opts.get("quick"):
+        out.append("- **--quick run: small scale, short runs; not figures to compare or quote**")
     if res.get("failed_to_start"):
         out.append(f"- did not start (left out): {', '.join(res['failed_to_start'])}")
+    out += ["", *METHOD]
     out += ["", "## Targets", "", "| target | measured | met |", "|---|---:|:-:|"]
     for what, got, met in _targets(res):
         out.append(f"| {what} | {got} | {NA if met is None else ('yes' if met else '**no**')} |")

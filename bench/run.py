@@ -33,6 +33,7 @@ class Options:
     scrape_interval: float
     integrity_timeout: float
     only: tuple[str, ...]  # targets to run: pgrb, pge, qe (fixed always runs)
+    quick: bool = False
 
 
 def _specs(db: Database, opts: Options, qe_config: Path) -> list[targets.Spec]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import shutil
@@ -172,7 +173,7 @@ def wait_collected(target: Running, *, timeout: float, settle: float = 2.0) -> i
             )
         try:
             resp = fetch("127.0.0.1", target.port, headers=PROMETHEUS_HEADERS, timeout=30)
-        except OSError:
+        except (OSError, http.client.HTTPException):
             time.sleep(0.3)
             continue
         n = series_count(resp.text()) if resp.status == 200 else -1
