@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report
+from bench import chart, report
 from bench.run import QE_CONFIG_NAME, Options, run
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / QE_CONFIG_NAME).write_text(results.pop("query_exporter_config"))
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (out / "README.md").write_text(table)
-        report.chart(results, out / "scrapes.png")
+        chart.chart(results, out / "scrapes.png")
         logger.info("wrote %s", out)
     return 0
 
