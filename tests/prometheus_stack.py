@@ -49,7 +49,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -196,6 +196,12 @@ class ExporterProcess:
 
     def scrape(self) -> str:
         return http_get(self.url).decode()
+
+    def wait_ready(self, timeout: float = WAIT_SECONDS) -> None:
+        """Wait for ``/readyz``: connected, and every check has run once."""
+        ready = self.url.removesuffix("/metrics") + "/readyz"
+        wait_until(lambda: http_get(ready, timeout=1.0) is not None, what=ready,
+                   timeout=timeout, logs=self.log)
 
     def log(self) -> str:
         return self._process.log()
@@ -417,16 +423,23 @@ class PrometheusStack:
         )
 
     def wait_for_notification(
-        self, alertname: str, *, status: str = "firing", timeout: float = WAIT_SECONDS
+        self,
+        alertname: str,
+        *,
+        status: str = "firing",
+        labels: Mapping[str, str] | None = None,
+        timeout: float = WAIT_SECONDS,
     ) -> dict[str, Any]:
-        """Wait until the webhook receiver got ``alertname`` with ``status``; returns the alert."""
+        """Wait until the webhook receiver got ``alertname`` with ``status`` (and ``labels``);
+        returns the first such alert."""
         webhook = self.webhook
         if webhook is None:
             raise RuntimeError("the stack runs without Alertmanager")
+        wanted = {"alertname": alertname, **(labels or {})}
 
         def probe() -> dict[str, Any] | None:
             for alert in webhook.alerts(status=status):
-                if alert["labels"].get("alertname") == alertname:
+                if all(alert["labels"].get(k) == v for k, v in wanted.items()):
                     return alert
             return None
 
