@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter import alertgen, dashgen
 from exporter.config import Config
 from exporter.docgen import metrics_markdown
 
@@ -35,8 +36,11 @@ def replace_section(text: str, name: str, body: str) -> str:
 def outputs(config: Config, *, root: Path) -> dict[str, str]:
     """Relative path → content of every generated file, the README included."""
     files = {"docs/metrics.md": metrics_markdown(config)}
+    files.update({f"alerts/{p}": text for p, text in alertgen.generate(config).items()})
+    files.update({f"dashboards/{p}": text for p, text in dashgen.generate(config).items()})
     readme = (root / README).read_text(encoding="utf-8")
-    files[README] = readme
+    readme = replace_section(readme, "alerts", alertgen.alerts_markdown(config))
+    files[README] = replace_section(readme, "dashboards", dashgen.dashboards_markdown(config))
     return files
 
 
