@@ -50,12 +50,17 @@ def add_mapping(db: PortalDb, user_id: str, whmcs: int | None, sf: str | None) -
 
 @pytest.fixture
 def sessions(db: PortalDb) -> Iterator[list[psycopg.Connection[Any]]]:
-    """Client sessions a test opens; cancelled and closed afterwards."""
+    """Client sessions a test opens; ended from the server side afterwards, then closed."""
     opened: list[psycopg.Connection[Any]] = []
     yield opened
+    # A connection busy in another thread cannot be closed before its statement ends: end the
+    # backends as the superuser instead of waiting for a cancel to be honoured.
+    pids = [conn.info.backend_pid for conn in opened]
+    with psycopg.connect(db.dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
     for conn in opened:
-        conn.cancel_safe(timeout=2)
-        conn.close()
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
 
 
 def run_in_background(conn: psycopg.Connection[Any], statement: str) -> threading.Thread:
