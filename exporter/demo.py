@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from exporter.config import default_config_path
+from exporter.throwaway import scram_verifier
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +131,13 @@ def prepare(server: Any) -> str:
     server.psql(
         file=sql_dir() / "monitoring-role.sql",
         dbname=DEMO_DATABASE,
-        variables={"role": MONITOR_ROLE, "password": password},
+        variables={"role": MONITOR_ROLE},
+    )
+    # As a verifier, so the password is in no command line or statement text.
+    server.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(MONITOR_ROLE), sql.Literal(scram_verifier(password))
+        )
     )
     url = server.dsn(user=MONITOR_ROLE, password=password, dbname=DEMO_DATABASE)
     # The app's URL style, with Prisma-only parameters the exporter drops.
