@@ -312,7 +312,7 @@ def test_max_connections_exhausted_by_others_the_exporter_keeps_its_sessions(
     server.execute(
         sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(scram_verifier("app")))
     )
-    server.execute("GRANT CONNECT ON DATABASE {} TO app".replace("{}", db.name))
+    server.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO app").format(sql.Identifier(db.name)))
     app_dsn = server.dsn(user="app", password="app", dbname=db.name)
     clients: list[psycopg.Connection[Any]] = []
     most = 0
