@@ -89,6 +89,8 @@ _DUP_NEW = (
 )
 _DUP_ANY = 'label_replace({0} > 0, "system", "{1}", "", "")'
 
+# One rule per entry, name/severity/group on the first line: kept compact for reading as a table.
+# fmt: off
 RULES: tuple[AlertRule, ...] = (
     _rule(
         "PgRunbookExporterDown", "critical", _AVAIL,
@@ -421,6 +423,7 @@ RULES: tuple[AlertRule, ...] = (
         runbook_section='Migration Management › "Migration Checklist"',
     ),
 )
+# fmt: on
 
 
 def _number(value: float) -> str:

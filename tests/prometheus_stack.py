@@ -200,8 +200,12 @@ class ExporterProcess:
     def wait_ready(self, timeout: float = WAIT_SECONDS) -> None:
         """Wait for ``/readyz``: connected, and every check has run once."""
         ready = self.url.removesuffix("/metrics") + "/readyz"
-        wait_until(lambda: http_get(ready, timeout=1.0) is not None, what=ready,
-                   timeout=timeout, logs=self.log)
+        wait_until(
+            lambda: http_get(ready, timeout=1.0) is not None,
+            what=ready,
+            timeout=timeout,
+            logs=self.log,
+        )
 
     def log(self) -> str:
         return self._process.log()
@@ -418,9 +422,7 @@ class PrometheusStack:
                     return alert
             return None
 
-        return wait_until(
-            probe, what=f"alert {alertname} {state}", timeout=timeout, logs=self.logs
-        )
+        return wait_until(probe, what=f"alert {alertname} {state}", timeout=timeout, logs=self.logs)
 
     def wait_for_notification(
         self,

@@ -78,33 +78,64 @@ def examples(config: Config) -> list[Example]:
         return {metric: _const(at_s - age, 80)}
 
     # availability
-    add("PgRunbookExporterDown", "down", {}, "5m", Fired("critical", 0),
-        raw_series={_series("up"): "0x10"})
+    add(
+        "PgRunbookExporterDown",
+        "down",
+        {},
+        "5m",
+        Fired("critical", 0),
+        raw_series={_series("up"): "0x10"},
+    )
     add("PgRunbookExporterDown", "up", {}, "5m", raw_series={_series("up"): "1x10"})
-    add("PgRunbookExporterAbsent", "absent", {}, "10m",
+    add(
+        "PgRunbookExporterAbsent",
+        "absent",
+        {},
+        "10m",
         Fired("critical", 1, {"job": alertgen.JOB}, bare=True),
-        raw_series={'up{job="node",instance="n1:9100"}': "1x20"})
+        raw_series={'up{job="node",instance="n1:9100"}': "1x20"},
+    )
     add("PgRunbookExporterAbsent", "present", {}, "10m", raw_series={_series("up"): "1x20"})
     add("PostgresDown", "down", {"pgrb_up": "0x10"}, "5m", Fired("critical", 0))
     add("PostgresDown", "up", {"pgrb_up": "1x10"}, "5m")
-    add("PgRunbookCheckFailing", "failing", {'pgrb_check_success{check="locks"}': "0x20"}, "15m",
-        Fired("warning", 0, {"check": "locks"}))
-    add("PgRunbookCheckFailing", "succeeding", {'pgrb_check_success{check="locks"}': "1x20"},
-        "15m")
+    add(
+        "PgRunbookCheckFailing",
+        "failing",
+        {'pgrb_check_success{check="locks"}': "0x20"},
+        "15m",
+        Fired("warning", 0, {"check": "locks"}),
+    )
+    add("PgRunbookCheckFailing", "succeeding", {'pgrb_check_success{check="locks"}': "1x20"}, "15m")
     stale_n, check_interval, at = s["check_stale_intervals"], 300.0, 1200.0
     for name, age, fires in (
         ("stale", at, (Fired("warning", at, {"check": "wraparound"}),)),
         ("just fresh", stale_n * check_interval, ()),
     ):
-        add("PgRunbookCheckStale", name, {
-            'pgrb_check_last_success_timestamp_seconds{check="wraparound"}': _const(at - age, 30),
-            'pgrb_check_interval_seconds{check="wraparound"}': _const(check_interval, 30),
-        }, "20m", *fires)
-    add("PgRunbookCheckSkipped", "tables missing",
-        {'pgrb_check_skipped{check="id_mappings_orphans",reason="relation"}': "1x30"}, "20m",
-        Fired("warning", 1, {"check": "id_mappings_orphans", "reason": "relation"}))
-    add("PgRunbookCheckSkipped", "extension missing",
-        {'pgrb_check_skipped{check="statements",reason="extension"}': "1x30"}, "20m")
+        add(
+            "PgRunbookCheckStale",
+            name,
+            {
+                'pgrb_check_last_success_timestamp_seconds{check="wraparound"}': _const(
+                    at - age, 30
+                ),
+                'pgrb_check_interval_seconds{check="wraparound"}': _const(check_interval, 30),
+            },
+            "20m",
+            *fires,
+        )
+    add(
+        "PgRunbookCheckSkipped",
+        "tables missing",
+        {'pgrb_check_skipped{check="id_mappings_orphans",reason="relation"}': "1x30"},
+        "20m",
+        Fired("warning", 1, {"check": "id_mappings_orphans", "reason": "relation"}),
+    )
+    add(
+        "PgRunbookCheckSkipped",
+        "extension missing",
+        {'pgrb_check_skipped{check="statements",reason="extension"}': "1x30"},
+        "20m",
+    )
 
     # connections
     warn, crit = s["connections_usage_warning_ratio"], s["connections_usage_critical_ratio"]
@@ -114,20 +145,35 @@ def examples(config: Config) -> list[Example]:
         ("below critical", crit - 0.01, ("warning",)),
         ("at critical", crit, ("warning", "critical")),
     ):
-        add("PostgresConnectionsHigh", name, {"pgrb_connections_usage_ratio": _const(ratio, 20)},
-            "10m", *(Fired(v, ratio) for v in sev))
+        add(
+            "PostgresConnectionsHigh",
+            name,
+            {"pgrb_connections_usage_ratio": _const(ratio, 20)},
+            "10m",
+            *(Fired(v, ratio) for v in sev),
+        )
     pool = s["app_pool_size"]
     app = (
         "pgrb_application_instance_connections"
         '{application_name="portal-bff",client_addr="10.0.0.5"}'
     )
-    add("PortalAppPoolSaturated", "at pool size", {app: _const(pool, 20)}, "10m",
-        Fired("warning", pool, {"application_name": "portal-bff", "client_addr": "10.0.0.5"}))
-    add("PortalAppPoolSaturated", "below pool size, other summed", {
-        app: _const(pool - 1, 20),
-        'pgrb_application_instance_connections{application_name="other",client_addr="other"}':
-            _const(pool * 5, 20),
-    }, "10m")
+    other = 'pgrb_application_instance_connections{application_name="other",client_addr="other"}'
+    add(
+        "PortalAppPoolSaturated",
+        "at pool size",
+        {app: _const(pool, 20)},
+        "10m",
+        Fired("warning", pool, {"application_name": "portal-bff", "client_addr": "10.0.0.5"}),
+    )
+    add(
+        "PortalAppPoolSaturated",
+        "below pool size, other summed",
+        {
+            app: _const(pool - 1, 20),
+            other: _const(pool * 5, 20),
+        },
+        "10m",
+    )
 
     at = 1200.0
     idle = 'pgrb_oldest_idle_in_transaction_timestamp_seconds{datname="portal"}'
@@ -138,25 +184,53 @@ def examples(config: Config) -> list[Example]:
         ("at critical", crit, ("warning",)),
         ("past critical", crit + 120, ("warning", "critical")),
     ):
-        add("PostgresIdleInTransaction", name, age_series(idle, age, at), "20m",
-            *(Fired(v, age, {"datname": "portal"}) for v in sev))
+        add(
+            "PostgresIdleInTransaction",
+            name,
+            age_series(idle, age, at),
+            "20m",
+            *(Fired(v, age, {"datname": "portal"}) for v in sev),
+        )
     long_ = s["long_running_query_seconds"]
-    query = "pgrb_oldest_query_start_timestamp_seconds{{kind=\"{}\"}}"
-    add("PostgresLongRunningQuery", "client past the line",
-        age_series(query.format("client"), long_ + 120, at), "20m",
-        Fired("warning", long_ + 120, {"kind": "client"}))
-    add("PostgresLongRunningQuery", "client at the line, old autovacuum and pg_dump", {
-        **age_series(query.format("client"), long_, at),
-        **age_series(query.format("autovacuum"), at, at),
-        **age_series(query.format("maintenance"), at, at),
-    }, "20m")
+    query = 'pgrb_oldest_query_start_timestamp_seconds{{kind="{}"}}'
+    add(
+        "PostgresLongRunningQuery",
+        "client past the line",
+        age_series(query.format("client"), long_ + 120, at),
+        "20m",
+        Fired("warning", long_ + 120, {"kind": "client"}),
+    )
+    add(
+        "PostgresLongRunningQuery",
+        "client at the line, old autovacuum and pg_dump",
+        {
+            **age_series(query.format("client"), long_, at),
+            **age_series(query.format("autovacuum"), at, at),
+            **age_series(query.format("maintenance"), at, at),
+        },
+        "20m",
+    )
     lock = s["lock_wait_warning_seconds"]
-    add("PostgresLockWait", "past", age_series("pgrb_oldest_lock_wait_start_timestamp_seconds",
-        lock + 120, at), "20m", Fired("warning", lock + 120))
-    add("PostgresLockWait", "at", age_series("pgrb_oldest_lock_wait_start_timestamp_seconds",
-        lock, at), "20m")
-    add("PostgresSessionsBlocked", "blocked", {"pgrb_blocked_sessions": "3x20"}, "10m",
-        Fired("warning", 3))
+    add(
+        "PostgresLockWait",
+        "past",
+        age_series("pgrb_oldest_lock_wait_start_timestamp_seconds", lock + 120, at),
+        "20m",
+        Fired("warning", lock + 120),
+    )
+    add(
+        "PostgresLockWait",
+        "at",
+        age_series("pgrb_oldest_lock_wait_start_timestamp_seconds", lock, at),
+        "20m",
+    )
+    add(
+        "PostgresSessionsBlocked",
+        "blocked",
+        {"pgrb_blocked_sessions": "3x20"},
+        "10m",
+        Fired("warning", 3),
+    )
     add("PostgresSessionsBlocked", "none blocked", {"pgrb_blocked_sessions": "0x20"}, "10m")
 
     # maintenance
@@ -169,11 +243,17 @@ def examples(config: Config) -> list[Example]:
         ("table just too small", 0.5, rows - 1, ()),
     ):
         dead = round(r * total)
-        add("PostgresTableDeadRows", name, {
-            f"pgrb_table_dead_ratio{table}": _const(r, 30),
-            f"pgrb_table_dead_rows{table}": _const(dead, 30),
-            f"pgrb_table_live_rows{table}": _const(total - dead, 30),
-        }, "20m", *fires)
+        add(
+            "PostgresTableDeadRows",
+            name,
+            {
+                f"pgrb_table_dead_ratio{table}": _const(r, 30),
+                f"pgrb_table_dead_rows{table}": _const(dead, 30),
+                f"pgrb_table_live_rows{table}": _const(total - dead, 30),
+            },
+            "20m",
+            *fires,
+        )
     vac, at = s["vacuum_max_age_seconds"], s["vacuum_max_age_seconds"] + 3600
     steps = int(at // 900)
     for name, vacuum_age, dead, fires in (
@@ -181,23 +261,38 @@ def examples(config: Config) -> list[Example]:
         ("vacuum at the limit", vac, 5, ()),
         ("vacuum too old, no dead rows", at, 0, ()),
     ):
-        add("PostgresTableNotVacuumed", name, {
-            f"pgrb_table_last_vacuum_timestamp_seconds{table}": _const(at - vacuum_age, steps),
-            f"pgrb_table_last_analyze_timestamp_seconds{table}": _const(at - vac, steps),
-            f"pgrb_table_dead_rows{table}": _const(dead, steps),
-        }, f"{int(at)}s", *fires, interval="15m")
-    add("PostgresUnusedIndexes", "unused", {"pgrb_unused_indexes": "3x100"}, "90m",
-        Fired("info", 3))
+        add(
+            "PostgresTableNotVacuumed",
+            name,
+            {
+                f"pgrb_table_last_vacuum_timestamp_seconds{table}": _const(at - vacuum_age, steps),
+                f"pgrb_table_last_analyze_timestamp_seconds{table}": _const(at - vac, steps),
+                f"pgrb_table_dead_rows{table}": _const(dead, steps),
+            },
+            f"{int(at)}s",
+            *fires,
+            interval="15m",
+        )
+    add(
+        "PostgresUnusedIndexes", "unused", {"pgrb_unused_indexes": "3x100"}, "90m", Fired("info", 3)
+    )
     add("PostgresUnusedIndexes", "all used", {"pgrb_unused_indexes": "0x100"}, "90m")
 
     # WAL and disk
     at, ready = 1800.0, s["wal_archive_ready_max_age_seconds"]
     oldest = "pgrb_wal_archive_oldest_ready_timestamp_seconds"
-    add("PostgresWalArchiveBehind", "past", age_series(oldest, ready + 180, at), "30m",
-        Fired("critical", ready + 180))
+    add(
+        "PostgresWalArchiveBehind",
+        "past",
+        age_series(oldest, ready + 180, at),
+        "30m",
+        Fired("critical", ready + 180),
+    )
     add("PostgresWalArchiveBehind", "at", age_series(oldest, ready, at), "30m")
-    failed, archived = "pgrb_wal_archive_last_failed_timestamp_seconds", (
-        "pgrb_wal_archive_last_archived_timestamp_seconds")
+    failed, archived = (
+        "pgrb_wal_archive_last_failed_timestamp_seconds",
+        ("pgrb_wal_archive_last_archived_timestamp_seconds"),
+    )
     for name, fail_ts, ok_ts, enabled, fires in (
         ("failure after success", 900.0, 600.0, 1, (Fired("warning", at - 900),)),
         ("failure, never archived", 900.0, None, 1, (Fired("warning", at - 900),)),
@@ -209,71 +304,151 @@ def examples(config: Config) -> list[Example]:
             series[archived] = _const(ok_ts, 40)
         add("PostgresWalArchiveFailing", name, series, "30m", *fires)
     budget = s["wal_directory_budget_bytes"]
-    add("PostgresWalDirectoryOverBudget", "over", {"pgrb_wal_directory_size_bytes":
-        _const(budget + 1, 20)}, "10m", Fired("critical", budget + 1))
-    add("PostgresWalDirectoryOverBudget", "at", {"pgrb_wal_directory_size_bytes":
-        _const(budget, 20)}, "10m")
+    add(
+        "PostgresWalDirectoryOverBudget",
+        "over",
+        {"pgrb_wal_directory_size_bytes": _const(budget + 1, 20)},
+        "10m",
+        Fired("critical", budget + 1),
+    )
+    add(
+        "PostgresWalDirectoryOverBudget",
+        "at",
+        {"pgrb_wal_directory_size_bytes": _const(budget, 20)},
+        "10m",
+    )
     slot = '{slot_name="standby1",slot_type="physical",active="false"}'
     slabels = {"slot_name": "standby1", "slot_type": "physical", "active": "false"}
-    add("PostgresReplicationSlotRetainingWal", "over", {
-        f"pgrb_replication_slot_retained_wal_bytes{slot}": _const(budget + 1, 20)}, "10m",
-        Fired("warning", budget + 1, slabels))
-    add("PostgresReplicationSlotRetainingWal", "at", {
-        f"pgrb_replication_slot_retained_wal_bytes{slot}": _const(budget, 20)}, "10m")
+    add(
+        "PostgresReplicationSlotRetainingWal",
+        "over",
+        {f"pgrb_replication_slot_retained_wal_bytes{slot}": _const(budget + 1, 20)},
+        "10m",
+        Fired("warning", budget + 1, slabels),
+    )
+    add(
+        "PostgresReplicationSlotRetainingWal",
+        "at",
+        {f"pgrb_replication_slot_retained_wal_bytes{slot}": _const(budget, 20)},
+        "10m",
+    )
     # linear growth by `step` bytes every 5 minutes, evaluated after 8 hours (96 samples)
     size_budget, horizon, step = (
-        s["database_size_budget_bytes"], s["database_size_forecast_seconds"], 32 * 1024**2)
+        s["database_size_budget_bytes"],
+        s["database_size_forecast_seconds"],
+        32 * 1024**2,
+    )
     ahead = 96 + horizon / 300
     for name, predicted, fires in (
-        ("grows past", size_budget + 16 * step,
-         (Fired("warning", size_budget + 16 * step, {"datname": "portal"}),)),
+        (
+            "grows past",
+            size_budget + 16 * step,
+            (Fired("warning", size_budget + 16 * step, {"datname": "portal"}),),
+        ),
         ("grows to just below", size_budget - step, ()),
     ):
         start = predicted - ahead * step
-        add("PostgresDatabaseSizeForecast", name, {
-            'pgrb_database_size_bytes{datname="portal"}': f"{_n(start)}+{step}x96"},
-            "8h", *fires, interval="5m")
+        add(
+            "PostgresDatabaseSizeForecast",
+            name,
+            {'pgrb_database_size_bytes{datname="portal"}': f"{_n(start)}+{step}x96"},
+            "8h",
+            *fires,
+            interval="5m",
+        )
 
     # corruption, wraparound, integrity, migrations
     failures = 'pgrb_checksum_failures_total{datname="portal"}'
     add("PostgresChecksumFailures", "none", {failures: "0x60"}, "60m")
-    add("PostgresChecksumFailures", "old failures", {failures: "2x60"}, "60m",
-        Fired("warning", 2, {"datname": "portal"}))
-    add("PostgresChecksumFailures", "new failure", {failures: "0x40 1x19"}, "50m",
-        Fired("critical", 1, {"datname": "portal"}), Fired("warning", 1, {"datname": "portal"}))
+    add(
+        "PostgresChecksumFailures",
+        "old failures",
+        {failures: "2x60"},
+        "60m",
+        Fired("warning", 2, {"datname": "portal"}),
+    )
+    add(
+        "PostgresChecksumFailures",
+        "new failure",
+        {failures: "0x40 1x19"},
+        "50m",
+        Fired("critical", 1, {"datname": "portal"}),
+        Fired("warning", 1, {"datname": "portal"}),
+    )
     warn, crit = s["xid_age_warning"], s["xid_age_critical"]
     xid_cases: tuple[tuple[str, float, float, tuple[tuple[str, str, float], ...]], ...] = (
         ("at warning", warn, 0, ()),
         ("xid past warning", warn + 1, 0, (("warning", "xid", warn + 1),)),
         ("xid at critical", crit, 0, (("warning", "xid", crit),)),
-        ("multixact past critical", 0, crit + 1,
-         (("warning", "multixact", crit + 1), ("critical", "multixact", crit + 1))),
+        (
+            "multixact past critical",
+            0,
+            crit + 1,
+            (("warning", "multixact", crit + 1), ("critical", "multixact", crit + 1)),
+        ),
     )
     for name, xid, mxid, ages in xid_cases:
-        add("PostgresXidWraparound", name, {
-            'pgrb_database_xid_age{datname="portal"}': _const(xid, 20),
-            'pgrb_database_mxid_age{datname="portal"}': _const(mxid, 20),
-        }, "10m", *(Fired(v, val, {"datname": "portal", "age": a}) for v, a, val in ages))
+        add(
+            "PostgresXidWraparound",
+            name,
+            {
+                'pgrb_database_xid_age{datname="portal"}': _const(xid, 20),
+                'pgrb_database_mxid_age{datname="portal"}': _const(mxid, 20),
+            },
+            "10m",
+            *(Fired(v, val, {"datname": "portal", "age": a}) for v, a, val in ages),
+        )
     orphans = "pgrb_id_mappings_orphaned"
     add("PortalIdMappingsOrphaned", "none", {orphans: "0x60"}, "60m")
     add("PortalIdMappingsOrphaned", "standing", {orphans: "3x60"}, "60m", Fired("warning", 3))
-    add("PortalIdMappingsOrphaned", "new, paged first", {orphans: "0x30 3x30"}, "40m",
-        Fired("critical", 3))
-    add("PortalIdMappingsOrphaned", "new, then ticket too", {orphans: "0x30 3x30"}, "50m",
-        Fired("critical", 3), Fired("warning", 3))
+    add(
+        "PortalIdMappingsOrphaned",
+        "new, paged first",
+        {orphans: "0x30 3x30"},
+        "40m",
+        Fired("critical", 3),
+    )
+    add(
+        "PortalIdMappingsOrphaned",
+        "new, then ticket too",
+        {orphans: "0x30 3x30"},
+        "50m",
+        Fired("critical", 3),
+        Fired("warning", 3),
+    )
     whmcs, sf = "pgrb_id_mappings_duplicate_whmcs_rows", "pgrb_id_mappings_duplicate_sf_rows"
     add("PortalIdMappingsDuplicated", "none", {whmcs: "0x60", sf: "0x60"}, "60m")
-    add("PortalIdMappingsDuplicated", "new WHMCS duplicate", {whmcs: "0x30 2x30", sf: "0x60"},
-        "40m", Fired("critical", 2, {"system": "whmcs"}))
-    add("PortalIdMappingsDuplicated", "standing Salesforce duplicate", {whmcs: "0x60",
-        sf: "3x60"}, "60m", Fired("warning", 3, {"system": "salesforce"}))
-    add("PrismaMigrationFailed", "failed", {"pgrb_prisma_migrations_failed": "1x10"}, "5m",
-        Fired("critical", 1))
+    add(
+        "PortalIdMappingsDuplicated",
+        "new WHMCS duplicate",
+        {whmcs: "0x30 2x30", sf: "0x60"},
+        "40m",
+        Fired("critical", 2, {"system": "whmcs"}),
+    )
+    add(
+        "PortalIdMappingsDuplicated",
+        "standing Salesforce duplicate",
+        {whmcs: "0x60", sf: "3x60"},
+        "60m",
+        Fired("warning", 3, {"system": "salesforce"}),
+    )
+    add(
+        "PrismaMigrationFailed",
+        "failed",
+        {"pgrb_prisma_migrations_failed": "1x10"},
+        "5m",
+        Fired("critical", 1),
+    )
     add("PrismaMigrationFailed", "none", {"pgrb_prisma_migrations_failed": "0x10"}, "5m")
     at, limit = 2400.0, s["prisma_migration_max_duration_seconds"]
     started = "pgrb_prisma_migration_oldest_unfinished_start_timestamp_seconds"
-    add("PrismaMigrationUnfinished", "stuck", age_series(started, limit + 120, at), "40m",
-        Fired("warning", limit + 120))
+    add(
+        "PrismaMigrationUnfinished",
+        "stuck",
+        age_series(started, limit + 120, at),
+        "40m",
+        Fired("warning", limit + 120),
+    )
     add("PrismaMigrationUnfinished", "at the limit", age_series(started, limit, at), "40m")
     return ex
 

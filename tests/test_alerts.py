@@ -116,8 +116,10 @@ def test_alerts_markdown_lists_every_rule() -> None:
     table = alertgen.alerts_markdown(CONFIG)
     rows = [line for line in table.splitlines() if line.startswith("| [")]
     assert len(rows) == len(alertgen.RULES)
-    assert "| [PostgresLongRunningQuery](docs/alerts/PostgresLongRunningQuery.md) | warning | " \
+    assert (
+        "| [PostgresLongRunningQuery](docs/alerts/PostgresLongRunningQuery.md) | warning | "
         "client query > 5 min | 1m |" in table
+    )
 
 
 # -- valid for the tools, and documented -------------------------------------------------------
@@ -365,7 +367,8 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
         firing = {a["labels"]["alertname"] for a in after_stop if a["status"] == "firing"}
         assert firing == {"PostgresDown"}, f"notified although PostgresDown inhibits: {firing}"
         warnings = [
-            a for a in stack.webhook.alerts()
+            a
+            for a in stack.webhook.alerts()
             if a["labels"]["alertname"] == "PortalIdMappingsOrphaned"
             and a["labels"]["severity"] == "warning"
         ]
