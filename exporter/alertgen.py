@@ -29,7 +29,7 @@ JOB = "pg-runbook-exporter"
 RULES_FILE = "pg-runbook-exporter.rules.yml"
 # Placeholders a deployment overrides: where the playbooks (docs/alerts/) and the board live.
 DEFAULT_RUNBOOK_BASE_URL = "https://runbooks.example.com/pg-runbook-exporter/alerts/"
-DEFAULT_DASHBOARD_BASE_URL = "https://grafana.example.com/d/pg-runbook-exporter/postgresql"
+DEFAULT_DASHBOARD_BASE_URL = "https://grafana.example.com/d/"  # Grafana's /d/ prefix; + board uid
 # How far back "new" orphans or duplicates are compared: a fault older than this is standing.
 NEW_FAULT_WINDOW = "30m"
 
@@ -47,20 +47,29 @@ class AlertRule:
     summary: str
     description: str
     runbook_section: str
-    dashboard_vars: tuple[str, ...] = ()  # labels passed to the dashboard as var-<label>
+    dashboard: str = ""  # uid of the board in dashboards/ (default: the group's board)
+    dashboard_vars: tuple[str, ...] = ()  # labels passed besides job and instance, as var-<label>
 
 
 def _rule(name: str, severity: Severity, group: str, **fields: Any) -> AlertRule:
+    fields.setdefault("dashboard", _BOARDS[group])
     return AlertRule(name=name, severity=severity, group=group, **fields)
 
 
 _AVAIL, _CONN, _MAINT = "availability", "connections", "maintenance"
 _WAL, _INTEG = "wal", "integrity"
+# The board of dashboards/ that shows what each group of alerts is about.
+_BOARDS = {
+    _AVAIL: "pgrb-exporter",
+    _CONN: "pgrb-connections",
+    _MAINT: "pgrb-maintenance",
+    _WAL: "pgrb-storage",
+    _INTEG: "pgrb-integrity",
+}
 _UNRESPONSIVE = 'Emergency Procedures › "Database Unresponsive"'
 _KILL = 'Connection Pool Monitoring › "Kill Stuck Connections"'
 _BACKUP = 'Backup Procedures; Recovery Procedures › "Point-in-Time Recovery"'
 _INTEGRITY = 'ID Mappings Data Integrity › "Verify Mapping Integrity"'
-_TABLE = ("datname", "schemaname", "relname")
 
 _CONN_EXPR = "pgrb_connections_usage_ratio >= %(@)s"
 _CONN_DESC = (
@@ -114,7 +123,7 @@ RULES: tuple[AlertRule, ...] = (
         summary="PostgreSQL behind {{ $labels.instance }} does not answer",
         description="The exporter {{ $labels.instance }} cannot connect to or query its database "
         "(pgrb_up = 0). The portal cannot serve logins or account data while this lasts.",
-        runbook_section=_UNRESPONSIVE,
+        runbook_section=_UNRESPONSIVE, dashboard="pgrb-health",
     ),
     _rule(
         "PgRunbookCheckFailing", "warning", _AVAIL,
@@ -238,7 +247,7 @@ RULES: tuple[AlertRule, ...] = (
         description="Table {{ $labels.schemaname }}.{{ $labels.relname }} on "
         "{{ $labels.instance }} has {{ $value | humanizePercentage }} dead rows (threshold "
         "%(dead_ratio_warning:percent)s on tables of %(dead_ratio_min_rows:count)s rows or more).",
-        runbook_section='PostgreSQL Maintenance › "Check Table Bloat"', dashboard_vars=_TABLE[1:],
+        runbook_section='PostgreSQL Maintenance › "Check Table Bloat"',
     ),
     _rule(
         "PostgresTableNotVacuumed", "warning", _MAINT,
@@ -254,7 +263,7 @@ RULES: tuple[AlertRule, ...] = (
         "{{ $labels.instance }} has dead rows and its last {{ $labels.operation }} (manual or "
         "auto) was {{ $value | humanizeDuration }} ago; the runbook schedules VACUUM ANALYZE "
         "daily.",
-        runbook_section='PostgreSQL Maintenance › "VACUUM and ANALYZE"', dashboard_vars=_TABLE[1:],
+        runbook_section='PostgreSQL Maintenance › "VACUUM and ANALYZE"',
     ),
     _rule(
         "PostgresUnusedIndexes", "info", _MAINT,
@@ -351,7 +360,7 @@ RULES: tuple[AlertRule, ...] = (
         summary="{{ $labels.datname }}: {{ $labels.age }} age {{ $value | humanize }}",
         description=_XID_DESC.replace("@", "xid_age_warning"),
         runbook_section='PostgreSQL Maintenance › "VACUUM and ANALYZE"',
-        dashboard_vars=("datname",),
+        dashboard="pgrb-maintenance", dashboard_vars=("datname",),
     ),
     _rule(
         "PostgresXidWraparound", "critical", _INTEG,
@@ -360,7 +369,7 @@ RULES: tuple[AlertRule, ...] = (
         summary="{{ $labels.datname }}: {{ $labels.age }} age {{ $value | humanize }}",
         description=_XID_DESC.replace("@", "xid_age_critical"),
         runbook_section='PostgreSQL Maintenance › "VACUUM and ANALYZE"',
-        dashboard_vars=("datname",),
+        dashboard="pgrb-maintenance", dashboard_vars=("datname",),
     ),
     _rule(
         "PortalIdMappingsOrphaned", "critical", _INTEG,
@@ -492,9 +501,9 @@ def alert_names() -> list[str]:
 
 
 def _dashboard_url(rule: AlertRule, base: str) -> str:
-    params = [f"var-{label}={{{{ $labels.{label} | urlquery }}}}" for label in rule.dashboard_vars]
-    params.insert(0, "var-instance={{ $labels.instance | urlquery }}")
-    return f"{base}{'&' if '?' in base else '?'}{'&'.join(params)}"
+    labels = ("job", "instance", *rule.dashboard_vars)
+    params = "&".join(f"var-{label}={{{{ $labels.{label} | urlquery }}}}" for label in labels)
+    return f"{base}{rule.dashboard}?{params}"
 
 
 def _rendered(
