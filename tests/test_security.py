@@ -310,6 +310,12 @@ def start_exporter(
     return RunningExporter(process=process, port=port, log=log)
 
 
+def stop_quietly(running: RunningExporter) -> None:
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait()
+
+
 @contextlib.contextmanager
 def answering(running: RunningExporter, *, tls: bool = False) -> Iterator[RunningExporter]:
     """``running`` once it answers /healthz; killed on the way out if still alive."""
@@ -321,9 +327,7 @@ def answering(running: RunningExporter, *, tls: bool = False) -> Iterator[Runnin
             time.sleep(0.1)
         yield running
     finally:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+        stop_quietly(running)
 
 
 def run_exporter(
@@ -453,6 +457,7 @@ def test_the_database_password_never_appears(
                 env={"PATH": os.environ["PATH"], "HOME": str(directory), **env},
             )  # fmt: skip
             started[source] = start_exporter(args, env=env, log=directory / "run.log")
+            stack.callback(stop_quietly, started[source])
         for source, check in checks.items():
             output, _ = check.communicate(timeout=120)
             assert check.returncode == (0 if state == "connected" else 1), output
