@@ -116,6 +116,10 @@ def live_activity(dsn: str) -> Iterator[Activity]:
         for conn in conns:
             with contextlib.suppress(Exception):
                 conn.cancel_safe(timeout=2)
+        # Closing a connection another thread still uses is unsafe: let the statements end first.
+        for thread in threads:
+            thread.join(timeout=5)
+        for conn in conns:
             with contextlib.suppress(Exception):
                 conn.close()
 

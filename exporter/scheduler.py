@@ -149,6 +149,7 @@ class Scheduler:
             self._cache.record_failure(check.name, error, self._clock() - started)
             return
         self._cache.set_up(True)
+        started = self._clock()  # the check's duration excludes connecting and server facts
         unmet = unmet_requirement(check, facts)
         if unmet is not None:
             self._cache.record_skip(check.name, unmet)

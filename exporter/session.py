@@ -112,6 +112,16 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+def _read(cur: psycopg.Cursor[tuple[Any, ...]], max_rows: int | None) -> QueryResult:
+    if cur.description is None:
+        return QueryResult(columns=(), rows=[], truncated=False)
+    columns = tuple(col.name for col in cur.description)
+    if max_rows is None:
+        return QueryResult(columns=columns, rows=cur.fetchall(), truncated=False)
+    rows = cur.fetchmany(max_rows + 1)
+    return QueryResult(columns=columns, rows=rows[:max_rows], truncated=len(rows) > max_rows)
+
+
 class Session:
     """A single connection, reopened with capped exponential backoff and jitter."""
 
@@ -226,14 +236,21 @@ class Session:
     ) -> QueryResult:
         """Run one check's statement under its own timeouts; raises CheckError."""
         try:
-            if self._timeouts != (timeout, lock_timeout):
-                self._execute(
-                    "SELECT set_config('statement_timeout', %(t)s, false),"
-                    " set_config('lock_timeout', %(l)s, false)",
+            if self._timeouts == (timeout, lock_timeout) or self._conn is None:
+                return self._execute(sql, params, max_rows=max_rows)
+            # New timeouts travel in the same round trip as the statement (pipeline mode).
+            self._timeouts = None
+            with self._conn.pipeline() as pipeline, self._conn.cursor() as cur:
+                cur.execute(
+                    b"SELECT set_config('statement_timeout', %(t)s, false),"
+                    b" set_config('lock_timeout', %(l)s, false)",
                     {"t": _ms(timeout), "l": _ms(lock_timeout)},
                 )
-                self._timeouts = (timeout, lock_timeout)
-            return self._execute(sql, params, max_rows=max_rows)
+                cur.execute(sql.encode(), params)
+                pipeline.sync()
+                result = _read(cur, max_rows)
+            self._timeouts = (timeout, lock_timeout)
+            return result
         except psycopg.Error as exc:
             if classify(exc) is Reason.CONNECTION:
                 self._fail(exc)
@@ -246,15 +263,7 @@ class Session:
             raise psycopg.OperationalError("not connected")
         with self._conn.cursor() as cur:
             cur.execute(sql.encode(), params)
-            if cur.description is None:
-                return QueryResult(columns=(), rows=[], truncated=False)
-            columns = tuple(col.name for col in cur.description)
-            if max_rows is None:
-                return QueryResult(columns=columns, rows=cur.fetchall(), truncated=False)
-            rows = cur.fetchmany(max_rows + 1)
-            return QueryResult(
-                columns=columns, rows=rows[:max_rows], truncated=len(rows) > max_rows
-            )
+            return _read(cur, max_rows)
 
     def _error(self, exc: psycopg.Error) -> CheckError:
         message = redact(

@@ -48,29 +48,48 @@ def add_mapping(db: PortalDb, user_id: str, whmcs: int | None, sf: str | None) -
     )
 
 
+class Sessions:
+    """Client sessions a test opens, some running a statement in a thread of their own."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conns: list[psycopg.Connection[Any]] = []
+        self.threads: list[threading.Thread] = []
+
+    def open(
+        self, *, autocommit: bool = False, application_name: str = ""
+    ) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.dsn, autocommit=autocommit, application_name=application_name)
+        self.conns.append(conn)
+        return conn
+
+    def background(self, conn: psycopg.Connection[Any], statement: str) -> None:
+        def run() -> None:
+            with contextlib.suppress(psycopg.Error):  # ended at teardown
+                conn.execute(statement.encode())
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def close(self) -> None:
+        # End the backends from the server side, wait for the threads using them to see it, and
+        # only then close: closing a connection another thread is using is not safe.
+        pids = [conn.info.backend_pid for conn in self.conns]
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        for thread in self.threads:
+            thread.join(timeout=30)
+        for conn in self.conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+
 @pytest.fixture
-def sessions(db: PortalDb) -> Iterator[list[psycopg.Connection[Any]]]:
-    """Client sessions a test opens; ended from the server side afterwards, then closed."""
-    opened: list[psycopg.Connection[Any]] = []
+def sessions(db: PortalDb) -> Iterator[Sessions]:
+    opened = Sessions(db.dsn)
     yield opened
-    # A connection busy in another thread cannot be closed before its statement ends: end the
-    # backends as the superuser instead of waiting for a cancel to be honoured.
-    pids = [conn.info.backend_pid for conn in opened]
-    with psycopg.connect(db.dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-    for conn in opened:
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
-
-
-def run_in_background(conn: psycopg.Connection[Any], statement: str) -> threading.Thread:
-    def run() -> None:
-        with contextlib.suppress(psycopg.Error):  # cancelled at teardown
-            conn.execute(statement.encode())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    opened.close()
 
 
 def test_every_check_succeeds_or_is_skipped_for_a_stated_reason(db: PortalDb) -> None:
@@ -154,12 +173,9 @@ def test_statements_check_is_skipped_without_the_extension(portal_db_each: Porta
     assert scrape.value("pgrb_check_errors_total", check="statements", reason="other") == 0
 
 
-def test_idle_in_transaction_session_is_reported(
-    db: PortalDb, sessions: list[psycopg.Connection[Any]]
-) -> None:
+def test_idle_in_transaction_session_is_reported(db: PortalDb, sessions: Sessions) -> None:
     before = time.time()
-    conn = psycopg.connect(db.dsn, application_name="portal-bff")
-    sessions.append(conn)
+    conn = sessions.open(application_name="portal-bff")
     conn.execute("SELECT count(*) FROM users")  # a transaction opened and left idle
     scrape = collect_once(db.monitor_dsn, configured(only=["idle_in_transaction"]))
     assert scrape.value("pgrb_idle_in_transaction_sessions", datname=db.name) == 1
@@ -167,15 +183,11 @@ def test_idle_in_transaction_session_is_reported(
     assert before - 1 <= started <= time.time()
 
 
-def test_a_lock_wait_is_reported_with_its_blocker(
-    db: PortalDb, sessions: list[psycopg.Connection[Any]]
-) -> None:
-    holder = psycopg.connect(db.dsn)
-    sessions.append(holder)
+def test_a_lock_wait_is_reported_with_its_blocker(db: PortalDb, sessions: Sessions) -> None:
+    holder = sessions.open()
     holder.execute("LOCK TABLE users IN SHARE MODE")
-    waiter = psycopg.connect(db.dsn, autocommit=True)
-    sessions.append(waiter)
-    run_in_background(waiter, "UPDATE users SET email = email")
+    waiter = sessions.open(autocommit=True)
+    sessions.background(waiter, "UPDATE users SET email = email")
 
     def waiting() -> bool:
         rows = db.server.execute("SELECT count(*) FROM pg_locks WHERE NOT granted", dbname=db.name)
@@ -192,12 +204,11 @@ def test_a_lock_wait_is_reported_with_its_blocker(
 
 
 def test_long_running_queries_are_split_into_client_and_maintenance(
-    db: PortalDb, sessions: list[psycopg.Connection[Any]]
+    db: PortalDb, sessions: Sessions
 ) -> None:
     for app in ("portal-bff", "pg_dump"):
-        conn = psycopg.connect(db.dsn, autocommit=True, application_name=app)
-        sessions.append(conn)
-        run_in_background(conn, "SELECT pg_sleep(60)")
+        conn = sessions.open(autocommit=True, application_name=app)
+        sessions.background(conn, "SELECT pg_sleep(60)")
 
     def both_active() -> bool:
         rows = db.server.execute(
@@ -219,10 +230,10 @@ def test_long_running_queries_are_split_into_client_and_maintenance(
 
 
 def test_connections_count_client_sessions_by_state_and_application(
-    db: PortalDb, sessions: list[psycopg.Connection[Any]]
+    db: PortalDb, sessions: Sessions
 ) -> None:
     for _ in range(3):
-        sessions.append(psycopg.connect(db.dsn, autocommit=True, application_name="portal-bff"))
+        sessions.open(autocommit=True, application_name="portal-bff")
     config = configured(
         only=["connections", "connections_by_application", "connections_by_instance"]
     )
@@ -240,11 +251,9 @@ def test_connections_count_client_sessions_by_state_and_application(
     )
 
 
-def test_connection_limits_give_the_usage_of_usable_slots(
-    db: PortalDb, sessions: list[psycopg.Connection[Any]]
-) -> None:
+def test_connection_limits_give_the_usage_of_usable_slots(db: PortalDb, sessions: Sessions) -> None:
     for _ in range(2):
-        sessions.append(psycopg.connect(db.dsn, autocommit=True))
+        sessions.open(autocommit=True)
     scrape = collect_once(db.monitor_dsn, configured(only=["connection_limits"]))
     clients = db.server.execute(
         "SELECT count(*) FROM pg_stat_activity "
