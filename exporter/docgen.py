@@ -96,8 +96,7 @@ def metrics_markdown(config: Config) -> str:
     for own in selfmetrics.ALL:
         labels = ", ".join(f"`{x}`" for x in own.labels) or "—"
         lines.append(
-            f"| `{config.metric_name(own.name)}` | {own.type} | {labels} | "
-            f"{_cell(own.help)} |"
+            f"| `{config.metric_name(own.name)}` | {own.type} | {labels} | {_cell(own.help)} |"
         )
     lines += ["", "Process metrics (`process_*`) come from `prometheus_client`.", ""]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import pgparse  # type: ignore[import-not-found]
+import pgparse
 
 logger = logging.getLogger(__name__)
 
