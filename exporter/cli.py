@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
 import click
 from prometheus_client import ProcessCollector
@@ -25,7 +24,7 @@ from exporter.cache import ResultCache
 from exporter.checkcmd import describe, format_table
 from exporter.collector import RunbookCollector
 from exporter.config import Config, ConfigError, load_config
-from exporter.dsn import DatabaseTarget, parse_database_url, redact
+from exporter.dsn import DatabaseTarget, DatabaseUrlError, parse_database_url
 from exporter.logs import setup_logging
 from exporter.scheduler import Scheduler
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
@@ -69,18 +68,8 @@ def _database_target(
     password = password or os.environ.get("PGPASSWORD")
     try:
         return parse_database_url(url, password=password)
-    except ValueError as exc:
-        # DatabaseUrlError is already redacted; urllib's own ValueErrors (a bad port, a bad IPv6
-        # host, a netloc that NFKC-normalises to a delimiter) may quote the netloc, password too.
-        _fail_config([f"database URL: {redact(str(exc), _url_secrets(url, password))}"])
-
-
-def _url_secrets(url: str, password: str | None) -> tuple[str, ...]:
-    """Whatever could be a password in a URL that did not parse."""
-    userinfo, at, _ = url.partition("://")[2].rpartition("@")
-    _, colon, secret = userinfo.partition(":")
-    found = (password or "", *((secret, unquote(secret)) if at and colon else ()))
-    return tuple(s for s in found if s)
+    except DatabaseUrlError as exc:
+        _fail_config([f"database URL: {exc}"])
 
 
 def _common(options: dict[str, Any]) -> Common:

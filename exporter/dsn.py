@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg.conninfo
 from psycopg import ProgrammingError
@@ -97,6 +97,24 @@ def parse_database_url(url: str, *, password: str | None = None) -> DatabaseTarg
     secrets = tuple(s for s in (password,) if s)
     if "://" not in url:
         return _from_conninfo(url, password=password, secrets=secrets)
+    try:
+        return _from_url(url, password=password, secrets=secrets)
+    except DatabaseUrlError:
+        raise
+    except ValueError as exc:
+        # urllib's own errors (a bad port, a bad IPv6 host, a netloc that NFKC-normalises to a
+        # delimiter) may quote the netloc, password included.
+        raise DatabaseUrlError(redact(str(exc), (*secrets, *_url_secrets(url)))) from None
+
+
+def _url_secrets(url: str) -> tuple[str, ...]:
+    """Whatever could be a password in a URL that did not parse."""
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    _, colon, secret = userinfo.partition(":")
+    return tuple(s for s in ((secret, unquote(secret)) if at and colon else ()) if s)
+
+
+def _from_url(url: str, *, password: str | None, secrets: tuple[str, ...]) -> DatabaseTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise DatabaseUrlError(f"unsupported URL scheme {parts.scheme!r}: expected postgresql://")
