@@ -332,7 +332,7 @@ def test_max_connections_exhausted_by_others_the_exporter_keeps_its_sessions(
             at_saturation = running.scrape()
             saturated = running.until(
                 lambda s: (
-                    running.all_succeeded(s) and s.get("pgrb_connections_usage_ratio") == 6 / 7
+                    running.all_succeeded(s) and s.get("pgrb_connections_usage_ratio") == 7 / 7
                 ),
                 what="the saturation to be reported",
             )
@@ -342,7 +342,8 @@ def test_max_connections_exhausted_by_others_the_exporter_keeps_its_sessions(
             assert running.errors(saturated) == running.errors(at_saturation)
             assert saturated.value("pgrb_connections_usable") == 7
             assert saturated.value("pgrb_max_connections") == 10
-            # the other exporter session and the five app clients, each session not counting itself
+            # every slot is used (the exporter's two sessions count); by state, each session does
+            # not count itself: the other exporter session and the five app clients
             connected = saturated.series("pgrb_connections")
             assert sum(connected.values()) == 6
     finally:
