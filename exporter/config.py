@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ import yaml
 
 from exporter import selfmetrics
 from exporter.sqlvet import vet
+from exporter.validate import Problems, UniqueKeyLoader
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,6 @@ MetricType = Literal["gauge", "counter"]
 SettingValue = int | float | str | tuple[str, ...]
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _STRAY_PERCENT = re.compile(r"%(?!%|\(\w+\)s)")
 
@@ -124,107 +122,6 @@ class Config:
         return f"{self.namespace}_{name}"
 
 
-def parse_duration(value: object) -> float:
-    """``15s``, ``100ms``, ``5m``, ``1h`` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 15s, 100ms or 5m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"expected a duration such as 15s, 100ms or 5m, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"must be positive, got {value!r}")
-    return seconds
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return dict(loader.construct_pairs(node))
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(
-            f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
-        )
-
-
-def _mapping(
-    raw: object,
-    path: str,
-    problems: _Problems,
-    allowed: set[str],
-    required: frozenset[str] | set[str] = frozenset(),
-) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        problems.add(path, f"expected a mapping, got {type(raw).__name__}")
-        return {}
-    for key in raw:
-        if key not in allowed:
-            hint = ", ".join(sorted(allowed))
-            problems.add(
-                f"{path}.{key}" if path else str(key), f"unknown key (expected one of: {hint})"
-            )
-    for key in sorted(required - raw.keys()):
-        problems.add(f"{path}.{key}" if path else key, "missing required key")
-    return {k: v for k, v in raw.items() if k in allowed}
-
-
-def _text(raw: object, path: str, problems: _Problems) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        problems.add(path, "expected a non-empty string")
-        return ""
-    return raw.strip()
-
-
-def _duration(raw: object, path: str, problems: _Problems, default: float) -> float:
-    if raw is None:
-        return default
-    try:
-        return parse_duration(raw)
-    except ValueError as exc:
-        problems.add(path, str(exc))
-        return default
-
-
-def _positive_int(raw: object, path: str, problems: _Problems, default: int) -> int:
-    if raw is None:
-        return default
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        problems.add(path, f"expected a positive whole number, got {raw!r}")
-        return default
-    return raw
-
-
-def _version(raw: object, path: str, problems: _Problems) -> int | None:
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 9 <= raw <= 99:
-        problems.add(path, f"expected a PostgreSQL major version such as 14, got {raw!r}")
-        return None
-    return raw
-
-
 @dataclass(frozen=True)
 class _Defaults:
     interval: float = 30.0
@@ -234,42 +131,39 @@ class _Defaults:
     max_series: int = 500
 
 
-def _load_defaults(raw: object, problems: _Problems) -> _Defaults:
+def _load_defaults(raw: object, problems: Problems) -> _Defaults:
     if raw is None:
         return _Defaults()
     base = _Defaults()
-    data = _mapping(
-        raw,
-        "defaults",
-        problems,
-        {"interval", "timeout", "lock_timeout", "stale_intervals", "max_series"},
+    data = problems.mapping(
+        raw, "defaults", {"interval", "timeout", "lock_timeout", "stale_intervals", "max_series"}
     )
     return _Defaults(
-        interval=_duration(data.get("interval"), "defaults.interval", problems, base.interval),
-        timeout=_duration(data.get("timeout"), "defaults.timeout", problems, base.timeout),
-        lock_timeout=_duration(
-            data.get("lock_timeout"), "defaults.lock_timeout", problems, base.lock_timeout
+        interval=problems.duration(data.get("interval"), "defaults.interval", base.interval),
+        timeout=problems.duration(data.get("timeout"), "defaults.timeout", base.timeout),
+        lock_timeout=problems.duration(
+            data.get("lock_timeout"), "defaults.lock_timeout", base.lock_timeout
         ),
-        stale_intervals=_positive_int(
-            data.get("stale_intervals"), "defaults.stale_intervals", problems, base.stale_intervals
+        stale_intervals=problems.positive_int(
+            data.get("stale_intervals"), "defaults.stale_intervals", base.stale_intervals
         ),
-        max_series=_positive_int(
-            data.get("max_series"), "defaults.max_series", problems, base.max_series
+        max_series=problems.positive_int(
+            data.get("max_series"), "defaults.max_series", base.max_series
         ),
     )
 
 
-def _load_settings(raw: object, problems: _Problems) -> tuple[Setting, ...]:
+def _load_settings(raw: object, problems: Problems) -> tuple[Setting, ...]:
     if raw is None:
         return ()
     settings = []
-    for name, item in _mapping(
-        raw, "settings", problems, set(raw) if isinstance(raw, dict) else set()
+    for name, item in problems.mapping(
+        raw, "settings", set(raw) if isinstance(raw, dict) else set()
     ).items():
         path = f"settings.{name}"
         if not _NAME.match(str(name)):
             problems.add(path, "setting names are letters, digits and underscores")
-        data = _mapping(item, path, problems, {"value", "help", "metric"}, {"value", "help"})
+        data = problems.mapping(item, path, {"value", "help", "metric"}, {"value", "help"})
         value = data.get("value")
         parsed: SettingValue
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -291,16 +185,16 @@ def _load_settings(raw: object, problems: _Problems) -> tuple[Setting, ...]:
             Setting(
                 name=str(name),
                 value=parsed,
-                help=_text(data.get("help"), f"{path}.help", problems),
+                help=problems.text(data.get("help"), f"{path}.help"),
                 metric=metric,
             )
         )
     return tuple(settings)
 
 
-def _load_variants(raw: object, path: str, problems: _Problems) -> tuple[SqlVariant, ...]:
+def _load_variants(raw: object, path: str, problems: Problems) -> tuple[SqlVariant, ...]:
     if isinstance(raw, str):
-        return (SqlVariant(sql=_text(raw, path, problems)),)
+        return (SqlVariant(sql=problems.text(raw, path)),)
     if not isinstance(raw, list) or not raw:
         problems.add(
             path, "expected the SQL as a string, or a list of {min_version, max_version, sql}"
@@ -309,12 +203,12 @@ def _load_variants(raw: object, path: str, problems: _Problems) -> tuple[SqlVari
     variants = []
     for index, item in enumerate(raw):
         vpath = f"{path}[{index}]"
-        data = _mapping(item, vpath, problems, {"sql", "min_version", "max_version"}, {"sql"})
+        data = problems.mapping(item, vpath, {"sql", "min_version", "max_version"}, {"sql"})
         variants.append(
             SqlVariant(
-                sql=_text(data.get("sql"), f"{vpath}.sql", problems),
-                min_version=_version(data.get("min_version"), f"{vpath}.min_version", problems),
-                max_version=_version(data.get("max_version"), f"{vpath}.max_version", problems),
+                sql=problems.text(data.get("sql"), f"{vpath}.sql"),
+                min_version=problems.version(data.get("min_version"), f"{vpath}.min_version"),
+                max_version=problems.version(data.get("max_version"), f"{vpath}.max_version"),
             )
         )
     for major in range(9, 100):
@@ -325,7 +219,7 @@ def _load_variants(raw: object, path: str, problems: _Problems) -> tuple[SqlVari
 
 
 def _check_placeholders(
-    variants: tuple[SqlVariant, ...], path: str, settings: set[str], problems: _Problems
+    variants: tuple[SqlVariant, ...], path: str, settings: set[str], problems: Problems
 ) -> None:
     for index, variant in enumerate(variants):
         where = path if len(variants) == 1 else f"{path}[{index}].sql"
@@ -337,18 +231,18 @@ def _check_placeholders(
             problems.add(where, "a literal % must be written %% (settings are bound as %(name)s)")
 
 
-def _vet_sql(variants: tuple[SqlVariant, ...], path: str, problems: _Problems) -> None:
+def _vet_sql(variants: tuple[SqlVariant, ...], path: str, problems: Problems) -> None:
     for index, variant in enumerate(variants):
         where = path if len(variants) == 1 else f"{path}[{index}].sql"
         for problem in vet(variant.sql) if variant.sql else ():
             problems.add(where, problem)
 
 
-def _load_requires(raw: object, path: str, problems: _Problems) -> Requirements:
+def _load_requires(raw: object, path: str, problems: Problems) -> Requirements:
     if raw is None:
         return Requirements()
-    data = _mapping(
-        raw, path, problems, {"min_version", "max_version", "primary", "extension", "relations"}
+    data = problems.mapping(
+        raw, path, {"min_version", "max_version", "primary", "extension", "relations"}
     )
     primary = data.get("primary", False)
     if not isinstance(primary, bool):
@@ -363,24 +257,22 @@ def _load_requires(raw: object, path: str, problems: _Problems) -> Requirements:
         problems.add(f"{path}.relations", "expected a list of table names")
         relations = []
     return Requirements(
-        min_version=_version(data.get("min_version"), f"{path}.min_version", problems),
-        max_version=_version(data.get("max_version"), f"{path}.max_version", problems),
+        min_version=problems.version(data.get("min_version"), f"{path}.min_version"),
+        max_version=problems.version(data.get("max_version"), f"{path}.max_version"),
         primary=primary,
         extension=extension,
         relations=tuple(relations),
     )
 
 
-def _load_metrics(
-    raw: object, path: str, namespace: str, problems: _Problems
-) -> tuple[Metric, ...]:
+def _load_metrics(raw: object, path: str, namespace: str, problems: Problems) -> tuple[Metric, ...]:
     if not isinstance(raw, dict) or not raw:
         problems.add(path, "expected a mapping of result column to {name, type, help}")
         return ()
     metrics = []
     for column, item in raw.items():
         mpath = f"{path}.{column}"
-        data = _mapping(item, mpath, problems, {"name", "type", "help"}, {"name", "type", "help"})
+        data = problems.mapping(item, mpath, {"name", "type", "help"}, {"name", "type", "help"})
         name = data.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             if "name" in data:
@@ -400,7 +292,7 @@ def _load_metrics(
                 column=str(column),
                 name=f"{namespace}_{name}",
                 type=kind,
-                help=_text(data.get("help"), f"{mpath}.help", problems),
+                help=problems.text(data.get("help"), f"{mpath}.help"),
             )
         )
     return tuple(metrics)
@@ -413,7 +305,7 @@ def _load_check(
     namespace: str,
     defaults: _Defaults,
     settings: set[str],
-    problems: _Problems,
+    problems: Problems,
 ) -> Check | None:
     path = f"checks.{name}"
     if not _NAME.match(name):
@@ -430,7 +322,7 @@ def _load_check(
         "labels",
         "metrics",
     }
-    data = _mapping(raw, path, problems, allowed, {"help", "sql", "metrics"})
+    data = problems.mapping(raw, path, allowed, {"help", "sql", "metrics"})
     if not data:
         return None
     variants = _load_variants(data.get("sql"), f"{path}.sql", problems)
@@ -449,31 +341,28 @@ def _load_check(
     for metric in metrics:
         if metric.column in labels:
             problems.add(f"{path}.metrics.{metric.column}", "column is also listed in labels")
-    interval = _duration(data.get("interval"), f"{path}.interval", problems, defaults.interval)
-    timeout = _duration(data.get("timeout"), f"{path}.timeout", problems, defaults.timeout)
+    interval = problems.duration(data.get("interval"), f"{path}.interval", defaults.interval)
+    timeout = problems.duration(data.get("timeout"), f"{path}.timeout", defaults.timeout)
     if timeout > interval:
         problems.add(
             f"{path}.timeout", f"timeout ({timeout:g}s) exceeds the interval ({interval:g}s)"
         )
-    lock_timeout = _duration(
-        data.get("lock_timeout"), f"{path}.lock_timeout", problems, defaults.lock_timeout
+    lock_timeout = problems.duration(
+        data.get("lock_timeout"), f"{path}.lock_timeout", defaults.lock_timeout
     )
     if lock_timeout > timeout:
         problems.add(f"{path}.lock_timeout", "lock_timeout exceeds the statement timeout")
     return Check(
         name=name,
-        help=_text(data.get("help"), f"{path}.help", problems),
+        help=problems.text(data.get("help"), f"{path}.help"),
         interval=interval,
         timeout=timeout,
         lock_timeout=lock_timeout,
-        stale_intervals=_positive_int(
-            data.get("stale_intervals"),
-            f"{path}.stale_intervals",
-            problems,
-            defaults.stale_intervals,
+        stale_intervals=problems.positive_int(
+            data.get("stale_intervals"), f"{path}.stale_intervals", defaults.stale_intervals
         ),
-        max_series=_positive_int(
-            data.get("max_series"), f"{path}.max_series", problems, defaults.max_series
+        max_series=problems.positive_int(
+            data.get("max_series"), f"{path}.max_series", defaults.max_series
         ),
         requires=_load_requires(data.get("requires"), f"{path}.requires", problems),
         variants=variants,
@@ -483,7 +372,7 @@ def _load_check(
 
 
 def _check_unique_metrics(
-    config_checks: list[Check], settings: tuple[Setting, ...], namespace: str, problems: _Problems
+    config_checks: list[Check], settings: tuple[Setting, ...], namespace: str, problems: Problems
 ) -> None:
     owner: dict[str, str] = {
         f"{namespace}_{name}": "the exporter itself" for name in selfmetrics.NAMES
@@ -507,15 +396,15 @@ def _check_unique_metrics(
 
 def parse_config(text: str, *, source: str = "queries.yaml", path: Path | None = None) -> Config:
     """Parse and validate a queries.yaml document; raises ConfigError listing every problem."""
-    problems = _Problems(source)
+    problems = Problems(source)
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{source}: {where}invalid YAML: {reason}"]) from None
-    data = _mapping(raw, "", problems, {"namespace", "defaults", "settings", "checks"}, {"checks"})
+    data = problems.mapping(raw, "", {"namespace", "defaults", "settings", "checks"}, {"checks"})
     namespace = data.get("namespace", "pgrb")
     if not isinstance(namespace, str) or not _NAME.match(namespace):
         problems.add("namespace", f"not a valid metric prefix: {namespace!r}")
@@ -565,7 +454,3 @@ def load_config(path: Path | None = None) -> Config:
     config = parse_config(text, source=str(path), path=path)
     logger.debug("loaded %d checks from %s", len(config.checks), path)
     return config
-
-
-def settings_by_name(config: Config) -> Mapping[str, Setting]:
-    return {s.name: s for s in config.settings}

@@ -58,7 +58,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from exporter.config import parse_duration
+from exporter.validate import parse_duration
 
 logger = logging.getLogger(__name__)
 

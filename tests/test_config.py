@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config, parse_config, parse_duration
+from exporter.config import ConfigError, load_config, parse_config
+from exporter.validate import parse_duration
 
 GOOD = """
 namespace: pgrb
