@@ -47,7 +47,6 @@ class DatabaseTarget:
     display: str
     search_path: str | None = None
     pgbouncer: bool = False
-    app_connection_limit: int | None = None
     warnings: tuple[str, ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -125,8 +124,6 @@ def _from_url(url: str, *, password: str | None, secrets: tuple[str, ...]) -> Da
     _translate_tls(params, warnings)
     search_path = params.get("schema") or None
     pgbouncer = params.get("pgbouncer", "").lower() == "true"
-    limit_text = params.get("connection_limit", "")
-    app_limit = int(limit_text) if limit_text.isdigit() else None
     kept = {k: v for k, v in params.items() if k not in PRISMA_ONLY}
     dropped = sorted(set(params) - set(kept) - {"sslcert"})
     if dropped:
@@ -147,7 +144,6 @@ def _from_url(url: str, *, password: str | None, secrets: tuple[str, ...]) -> Da
         display=display,
         search_path=search_path,
         pgbouncer=pgbouncer,
-        app_connection_limit=app_limit,
         warnings=tuple(warnings),
         secrets=secrets,
     )

@@ -27,7 +27,6 @@ def test_prisma_only_parameters_are_dropped_and_libpq_ones_kept() -> None:
         "connect_timeout": "3",
     }
     assert target.search_path == "portal"
-    assert target.app_connection_limit == 10
     assert target.display == "postgresql://monitor@db.internal:5432/portal"
 
 
