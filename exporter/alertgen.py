@@ -300,6 +300,18 @@ RULES: tuple[AlertRule, ...] = (
         runbook_section=_BACKUP,
     ),
     _rule(
+        "PostgresWalArchivingDisabled", "warning", _WAL,
+        # a standby archives only with archive_mode=always: its 0 is normal, not a lost backup
+        expr="pgrb_wal_archiving_enabled == 0\nand on(instance, job) pgrb_in_recovery == 0",
+        for_="15m", threshold="archiving off on a primary",
+        summary="WAL archiving is off on primary {{ $labels.instance }}",
+        description="The primary behind {{ $labels.instance }} does not archive WAL (archive_mode "
+        "off, or neither archive_command nor archive_library set): the runbook's 15-minute "
+        "transaction log backups are not taken, and point-in-time recovery can reach no further "
+        "than the last base backup.",
+        runbook_section=_BACKUP,
+    ),
+    _rule(
         "PostgresWalDirectoryOverBudget", "critical", _WAL,
         expr="pgrb_wal_directory_size_bytes > %(wal_directory_budget_bytes)s", for_="5m",
         threshold="pg_wal > %(wal_directory_budget_bytes:bytes)s",

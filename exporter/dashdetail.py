@@ -18,12 +18,14 @@ from exporter.dashpanels import (
     RATE,
     WARN,
     Board,
+    Mapping,
     Metrics,
     Panel,
     Query,
     Row,
     Step,
     ago,
+    alert_colour,
     stat,
     table,
     timeseries,
@@ -38,6 +40,8 @@ STATEMENTS = "pgrb-statements"
 INTEGRITY = "pgrb-integrity"
 TABLE = "{{schemaname}}.{{relname}}"
 STATEMENT = "{{queryid}} ({{datname}}, {{rolname}})"
+# The alert the "archiving off" states of the storage board and the front tile stand for.
+ARCHIVING_OFF = "PostgresWalArchivingDisabled"
 
 
 def dead_ratio(m: Metrics) -> str:
@@ -212,6 +216,10 @@ def maintenance_board(m: Metrics) -> Board:
 
 def storage_board(m: Metrics) -> Board:
     q, ts = Query, timeseries
+    enabled = m.sel("wal_archiving_enabled")
+    # 1 on, 0 off (on a primary, or a server whose role is unknown), -1 off on a standby
+    archiving_state = (f"{enabled} == 1 or ({enabled} - 1 and on(instance, job) "
+                       f"{m.sel('in_recovery')} == 1) or {enabled}")  # fmt: skip
     sizes = m.sel("database_size_bytes", db=True)
     budget = (OK, m.step(WARN, "database_size_budget_bytes"))
     horizon = m.number("database_size_forecast_seconds")
@@ -239,8 +247,12 @@ def storage_board(m: Metrics) -> Board:
            runbook='"Database Size" › "Size per table"'),
     )  # fmt: skip
     archive = (
-        stat("WAL archiving", q(m.sel("wal_archiving_enabled")), unit="none", on_off=True,
-              what="Does this server archive WAL (archive_mode and an archive_command or library)?",
+        stat("WAL archiving", q(archiving_state), unit="none", alerts=(ARCHIVING_OFF,),
+              mappings=(Mapping(1, "on", "green"), Mapping(0, "off", alert_colour(ARCHIVING_OFF)),
+                        Mapping(-1, "off (standby)", "blue")),
+              what="Does this server archive WAL (archive_mode and an archive_command or "
+                   "library)? \"off (standby)\": a standby with archive_mode on, where only the "
+                   "primary archives.",
               runbook='"Point-in-Time Recovery" (prerequisite: WAL archiving enabled)'),
         ts("Oldest WAL segment not archived",
            (q(ago(m, "wal_archive_oldest_ready_timestamp_seconds"), "oldest .ready"),),

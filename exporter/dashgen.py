@@ -15,6 +15,7 @@ import yaml
 
 from exporter.config import Config
 from exporter.dashdetail import (
+    ARCHIVING_OFF,
     CONNECTIONS,
     INTEGRITY,
     MAINTENANCE,
@@ -37,6 +38,7 @@ from exporter.dashpanels import (
     Row,
     Step,
     ago,
+    alert_colour,
     human,
     table,
     timeseries,
@@ -189,17 +191,23 @@ def _integrity(m: Metrics) -> tuple[Panel, ...]:
     q = Query
     warn, crit = WARN, CRIT
     archiving = f"max({m.sel('wal_archiving_enabled')})"
+    standby = f"max({m.sel('in_recovery')})"
     checksums = f"max({m.sel('data_checksums_enabled')})"
     oldest_ready = _oldest(m, "wal_archive_oldest_ready_timestamp_seconds")
     return (
+        # -2: a standby that does not archive (normal); -1: archiving off, unless known a standby
         _tile("Oldest WAL not archived",
-              (q(f"({oldest_ready}) and on() {archiving} == 1 or {archiving} - 1"),),
+              (q(f"({oldest_ready}) and on() {archiving} == 1 "
+                 f"or ({archiving} - 2 and on() {standby} == 1) or {archiving} - 1"),),
               unit="s", link=STORAGE, steps=(OK, m.step(crit, "wal_archive_ready_max_age_seconds")),
-              mappings=(Mapping(-1, "archiving off", "blue"),),
+              mappings=(Mapping(-1, "archiving off", alert_colour(ARCHIVING_OFF)),
+                        Mapping(-2, "standby, not archiving", "blue")),
               what="Age of the oldest WAL segment waiting for archive_command; 0 when none "
-                   "waits; \"archiving off\" when this server does not archive WAL.",
+                   "waits; \"archiving off\" when this primary does not archive WAL; "
+                   "\"standby, not archiving\" on a standby with archive_mode on (only the "
+                   "primary archives).",
               runbook='"Backup Procedures", "Point-in-Time Recovery"',
-              alerts=("PostgresWalArchiveBehind",)),
+              alerts=("PostgresWalArchiveBehind", ARCHIVING_OFF)),
         _tile("Orphaned mappings", (q(f"max({m.sel('id_mappings_orphaned')})"),),
               unit="none", link=INTEGRITY, steps=(OK, Step(warn, ANY)),
               what="id_mappings rows whose portal user no longer exists (the critical alert "

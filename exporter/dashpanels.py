@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+from exporter import alertgen
 from exporter.config import Config
 from exporter.selfmetrics import NAMES as SELF_METRICS
 
@@ -82,9 +83,13 @@ class Panel:
         if self.mirrors:
             coloured = [s for s in self.steps[1:] if s.colour in SEVERITY_COLOURS.values()]
             levels = "; ".join(
-                f"{s.colour} from {human(s.value or 0.0, self.unit)}"
-                + (f" ({s.setting})" if s.setting else "")
-                for s in coloured
+                [
+                    f"{s.colour} from {human(s.value or 0.0, self.unit)}"
+                    + (f" ({s.setting})" if s.setting else "")
+                    for s in coloured
+                ]
+                # a state shown as text (archiving off) in an alert's colour is a level too
+                + [f'"{m.text}" {m.colour}' for m in self.mappings if m.colour in ALERT_COLOURS]
             )
             parts.append(f"Alert: {', '.join(self.mirrors)}" + (f" — {levels}." if levels else "."))
         if self.empty_when is not None:
@@ -180,9 +185,19 @@ WARN, CRIT, INFO = (
     SEVERITY_COLOURS["critical"],
     SEVERITY_COLOURS["info"],
 )
+# Colours that mean an alert fires; blue (info) doubles as "informational, nothing to do".
+ALERT_COLOURS = frozenset({WARN, CRIT})
 RATE = "[$__rate_interval]"
 # On/off states that no alert watches: informational, never a warning colour.
 ON_OFF = (Mapping(1, "on", "green"), Mapping(0, "off", "blue"))
+
+
+def alert_colour(alert: str) -> Colour:
+    """The colour of ``alert``'s severity, for a state only that alert watches."""
+    severities = {rule.severity for rule in alertgen.RULES if rule.name == alert}
+    if len(severities) != 1:
+        raise ValueError(f"{alert} has severities {sorted(severities)}, not exactly one")
+    return SEVERITY_COLOURS[severities.pop()]
 
 
 def human(value: float, unit: str) -> str:
@@ -227,10 +242,12 @@ def timeseries(
 
 def stat(title: str, query: Query, *, unit: str, what: str, runbook: str,
           steps: tuple[Step, ...] = (Step("blue"),), alerts: tuple[str, ...] = (),
-          on_off: bool = False, width: int = 4) -> Panel:  # fmt: skip
+          on_off: bool = False, mappings: tuple[Mapping, ...] = (),
+          width: int = 4) -> Panel:  # fmt: skip
     return Panel(
         "stat", title, what, runbook, unit, (Query(query.expr, query.legend, instant=True),),
-        width=width, height=8, steps=steps, mirrors=alerts, mappings=ON_OFF if on_off else (),
+        width=width, height=8, steps=steps, mirrors=alerts,
+        mappings=ON_OFF if on_off else mappings,
     )  # fmt: skip
 
 

@@ -303,6 +303,24 @@ def examples(config: Config) -> list[Example]:
         if ok_ts is not None:
             series[archived] = _const(ok_ts, 40)
         add("PostgresWalArchiveFailing", name, series, "30m", *fires)
+    on_off, role = "pgrb_wal_archiving_enabled", "pgrb_in_recovery"
+    for name, archiving, standby, fires in (
+        ("off on a primary", "0x40", "0x40", (Fired("warning", 0),)),
+        ("off on a standby", "0x40", "1x40", ()),
+        ("on", "1x40", "0x40", ()),
+        ("off for 13 minutes", "1x16 0x23", "0x40", ()),
+    ):
+        series = {on_off: archiving, role: standby}
+        add("PostgresWalArchivingDisabled", name, series, "30m", *fires)
+    standby_db = f'{{instance="db2:9819",job="{alertgen.JOB}"}}'
+    add(
+        "PostgresWalArchivingDisabled",
+        "off on a primary and its standby, each matched to its own role",
+        {on_off: "0x40", role: "0x40"},
+        "30m",
+        Fired("warning", 0),
+        raw_series={f"{on_off}{standby_db}": "0x40", f"{role}{standby_db}": "1x40"},
+    )
     budget = s["wal_directory_budget_bytes"]
     add(
         "PostgresWalDirectoryOverBudget",

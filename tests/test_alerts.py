@@ -4,8 +4,9 @@ amtool, built on metrics the exporter really exports, and delivered end to end.
 The end-to-end test runs the real chain on loopback — PostgreSQL, the exporter, Prometheus with the
 generated rules (``for`` overridden to 0s, 1 s scrape and evaluation) and Alertmanager with the
 example configuration, its receivers pointed at the test's webhook — and proves that the
-orphaned-mapping page arrives with its runbook link and that a database that stops pages once while
-every other alert of that instance is inhibited.
+orphaned-mapping page arrives with its runbook link, that a primary without WAL archiving opens a
+ticket, and that a database that stops pages once while every other alert of that instance is
+inhibited.
 """
 
 from __future__ import annotations
@@ -369,6 +370,15 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
         assert annotations["description"].startswith(
             f"id_mappings on {instance} now has 3 rows whose portal user no longer exists"
         )
+        # the server of this test does not archive WAL: a ticket, matched to its role
+        ticket = stack.wait_for_notification("PostgresWalArchivingDisabled")
+        assert ticket["path"] == "/ticket"
+        assert ticket["labels"] == {
+            "alertname": "PostgresWalArchivingDisabled",
+            "severity": "warning",
+            "instance": instance,
+            "job": JOB,
+        }
         # the standing-fault ticket fires too, but the page inhibits it
         wait_until(
             lambda: _inhibited(stack, "PortalIdMappingsOrphaned"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -19,8 +20,10 @@ import yaml
 
 from exporter import alertgen, dashgen
 from exporter.config import Config, load_config
-from exporter.dashpanels import ANY, DATASOURCE, SEVERITY_COLOURS, Metrics, Panel
+from exporter.dashdetail import ARCHIVING_OFF, STORAGE
+from exporter.dashpanels import ALERT_COLOURS, ANY, DATASOURCE, SEVERITY_COLOURS, Metrics, Panel
 from exporter.dashrender import GRID_WIDTH, SCHEMA_VERSION, TAG
+from tests.prometheus_stack import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "dashboards"
@@ -285,6 +288,110 @@ def test_panel_thresholds_are_the_alert_thresholds_in_the_alert_severity_colour(
         rendered = next(p for p in data_panels(boards[uid]) if p["title"] == panel.title)
         steps = rendered["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert [s["value"] for s in steps] == [s.value for s in panel.steps]
+
+
+def test_states_shown_in_an_alert_colour_stand_for_a_mirrored_alert_of_that_severity(
+    config: Config,
+) -> None:
+    rules = _rules()
+    shown = 0
+    for uid, panel in model_panels(config):
+        severities = {SEVERITY_COLOURS[r.severity] for name in panel.mirrors for r in rules[name]}
+        for mapping in panel.mappings:
+            if mapping.colour in ALERT_COLOURS:
+                shown += 1
+                assert mapping.colour in severities, (uid, panel.title, mapping.text)
+                assert f'"{mapping.text}" {mapping.colour}' in panel.description
+    assert shown >= 4  # database down, not scraped, and archiving off on two boards
+
+
+# instance → (pgrb_wal_archiving_enabled, pgrb_in_recovery; None: the server check has no value)
+ARCHIVING_ROLES: dict[str, tuple[int, int | None]] = {
+    "primary-off": (0, 0),
+    "standby-off": (0, 1),
+    "primary-on": (1, 0),
+    "role-unknown-off": (0, None),
+}
+
+
+def _archiving_series() -> list[dict[str, str]]:
+    series = []
+    for instance, (enabled, recovery) in ARCHIVING_ROLES.items():
+        labels = f'instance="{instance}",job="{alertgen.JOB}"'
+        series.append(
+            {"series": f"pgrb_wal_archiving_enabled{{{labels}}}", "values": f"{enabled}x10"}
+        )
+        series.append(
+            {"series": f'pgrb_check_success{{check="wal_archiving",{labels}}}', "values": "1x10"}
+        )
+        if recovery is not None:
+            series.append({"series": f"pgrb_in_recovery{{{labels}}}", "values": f"{recovery}x10"})
+    return series
+
+
+def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_standby(
+    config: Config, tmp_path: Path
+) -> None:
+    """The front tile and the storage board's state, evaluated by Prometheus for each role."""
+    promtool = require_tool("promtool")
+    models = {(uid, p.title): p for uid, p in model_panels(config)}
+    tile = models[dashgen.HEALTH, "Oldest WAL not archived"]
+    state = models[STORAGE, "WAL archiving"]
+    (alert,) = [r for r in alertgen.RULES if r.name == ARCHIVING_OFF]
+    assert ARCHIVING_OFF in tile.mirrors and ARCHIVING_OFF in state.mirrors
+
+    def shown(panel: Panel, text: str) -> float:
+        (mapping,) = [m for m in panel.mappings if m.text == text]
+        return mapping.value
+
+    expected = {  # instance → (tile value, storage board value)
+        "primary-off": (shown(tile, "archiving off"), shown(state, "off")),
+        "standby-off": (shown(tile, "standby, not archiving"), shown(state, "off (standby)")),
+        "primary-on": (0.0, shown(state, "on")),  # no segment waits
+        # the alert cannot tell a primary without the server check; the boards show what is known
+        "role-unknown-off": (shown(tile, "archiving off"), shown(state, "off")),
+    }
+    tests: list[dict[str, Any]] = []
+    for instance, (tile_value, state_value) in expected.items():
+        values = {**STATIC_VALUES, "instance": instance}
+        for panel, value in ((tile, tile_value), (state, state_value)):
+            # `+ 0` fails on two series of one instance instead of hiding the second
+            expr = f"({substitute(panel.queries[0].expr, values)}) + 0"
+            labels = "{}" if panel is tile else f'{{instance="{instance}",job="{alertgen.JOB}"}}'
+            tests.append(
+                {
+                    "expr": expr,
+                    "eval_time": "5m",
+                    "exp_samples": [{"labels": labels, "value": value}],
+                }
+            )
+    primary_off = f'pgrb_wal_archiving_enabled{{instance="primary-off",job="{alertgen.JOB}"}}'
+    alert_test = {"expr": alertgen.fill(alert.expr, config), "eval_time": "5m"}
+    tests.append({**alert_test, "exp_samples": [{"labels": primary_off, "value": 0}]})
+    document = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {"interval": "1m", "input_series": _archiving_series(), "promql_expr_test": tests}
+        ],
+    }
+    path = tmp_path / "archiving.test.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    done = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def colour(panel: Panel, value: float) -> str:
+        mapped = [m.colour for m in panel.mappings if m.value == value]
+        return mapped[0] if mapped else panel.steps[0].colour
+
+    for instance, (tile_value, state_value) in expected.items():
+        colours = {colour(tile, tile_value), colour(state, state_value)}
+        if instance in ("primary-off", "role-unknown-off"):
+            assert colours == {SEVERITY_COLOURS[alert.severity]}, instance
+        else:
+            assert not colours & ALERT_COLOURS, instance
 
 
 def test_front_tiles_cover_every_threshold_and_condition_of_their_alerts(config: Config) -> None:
