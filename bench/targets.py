@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,18 +195,6 @@ def stop(target: Running) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(target.proc.pid, signal.SIGKILL)
             target.proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def running(specs: list[Spec], *, logdir: Path) -> Iterator[dict[str, Running]]:
-    started: dict[str, Running] = {}
-    try:
-        for spec in specs:
-            started[spec.name] = start(spec, logdir=logdir)
-        yield started
-    finally:
-        for target in started.values():
-            stop(target)
 
 
 def new_port() -> int:

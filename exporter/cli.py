@@ -20,6 +20,7 @@ import click
 from prometheus_client import ProcessCollector
 
 from exporter import __version__
+from exporter import demo as demo_db
 from exporter.cache import ResultCache
 from exporter.checkcmd import describe, format_table
 from exporter.collector import RunbookCollector
@@ -298,7 +299,7 @@ def _role_of(target: DatabaseTarget) -> str | None:
     "--postgres.major",
     "major",
     type=click.IntRange(14, 18),
-    default=18,
+    default=demo_db.DEMO_MAJOR,
     show_default=True,
     help="PostgreSQL major of the throwaway server.",
 )
@@ -312,7 +313,6 @@ def _role_of(target: DatabaseTarget) -> str | None:
 )
 def demo(listen_address: str, major: int, log_level: str) -> None:
     """Run the exporter against a throwaway, seeded portal database (Ctrl-C cleans up)."""
-    from exporter import demo as demo_db  # noqa: PLC0415
     from exporter.pgbinaries import BinariesUnavailable  # noqa: PLC0415
     from exporter.throwaway import ThrowawayServer  # noqa: PLC0415
 

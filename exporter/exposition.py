@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import gzip
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,7 +55,6 @@ class Exposition:
     text_gzip: bytes
     openmetrics: bytes
     openmetrics_gzip: bytes
-    rendered_at: float
 
     @property
     def bodies(self) -> tuple[bytes, bytes, bytes, bytes]:
@@ -76,7 +74,7 @@ def _compress(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def render(registry: Collector, *, now: float | None = None) -> Exposition:
+def render(registry: Collector) -> Exposition:
     """Collect `registry` twice (once per format) and build all four bodies."""
     text = text_format.generate_latest(registry)
     openmetrics = _generate_openmetrics(registry)
@@ -85,7 +83,6 @@ def render(registry: Collector, *, now: float | None = None) -> Exposition:
         text_gzip=_compress(text),
         openmetrics=openmetrics,
         openmetrics_gzip=_compress(openmetrics),
-        rendered_at=time.time() if now is None else now,
     )
 
 
@@ -96,7 +93,6 @@ def _empty() -> Exposition:
         text_gzip=_compress(b""),
         openmetrics=openmetrics,
         openmetrics_gzip=_compress(openmetrics),
-        rendered_at=0.0,
     )
 
 

@@ -118,11 +118,6 @@ def find_binaries(major: int, *, fetch: bool = True) -> PgBinaries:
     raise BinariesUnavailable(_failed[major, fetch])
 
 
-def find_bindir(major: int, *, fetch: bool = True) -> Path:
-    """The ``bin`` directory of a usable PostgreSQL ``major`` (see find_binaries)."""
-    return find_binaries(major, fetch=fetch).bindir
-
-
 def find_client_tool(name: str, *, min_major: int) -> Path:
     """A client program (psql, pg_basebackup) of at least ``min_major`` from any local source.
 

@@ -344,9 +344,6 @@ class ThrowawayServer:
         self.stop(mode)
         self.start()
 
-    def reload(self) -> None:
-        self._ctl("reload")
-
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_file.read_text(errors="replace")
