@@ -67,15 +67,24 @@ def build_samples(check: Check, result: QueryResult) -> Samples:
     """Validate the result's shape against the check and convert every row."""
     declared = list(check.labels) + [m.column for m in check.metrics]
     extra = [c for c in result.columns if c not in declared]
-    missing = [c for c in declared if c not in result.columns]
-    if extra or missing or len(set(result.columns)) != len(result.columns):
-        parts = []
-        if extra:
-            parts.append(f"returns undeclared column(s) {', '.join(extra)}")
-        if missing:
-            parts.append(f"does not return declared column(s) {', '.join(missing)}")
+    missing_labels = [c for c in check.labels if c not in result.columns]
+    missing_metrics = [m.column for m in check.metrics if m.column not in result.columns]
+    if (
+        extra
+        or missing_labels
+        or missing_metrics
+        or len(set(result.columns)) != len(result.columns)
+    ):
+        # Named like config problems, so the fix in queries.yaml is obvious.
+        where = f"checks.{check.name}"
+        parts = [f"{where}.labels: column {c!r} is not returned by the SQL" for c in missing_labels]
+        parts += [f"{where}.metrics.{c}: column not returned by the SQL" for c in missing_metrics]
+        parts += [
+            f"{where}.sql: returns column {c!r}, declared in neither labels nor metrics"
+            for c in extra
+        ]
         if not parts:
-            parts.append("returns a column name twice")
+            parts.append(f"{where}.sql: returns a column name twice")
         raise CheckError(Reason.INVALID_RESULT, "; ".join(parts))
     label_at = [result.columns.index(name) for name in check.labels]
     value_at = [result.columns.index(m.column) for m in check.metrics]

@@ -213,7 +213,8 @@ checks:
 WRONG_SHAPE_ERRORS = {
     "texty": "column v: str value 'n/a' is not a number",
     "numeric_text": "column v: str value '42' is not a number",
-    "renamed": "returns undeclared column(s) c; does not return declared column(s) b",
+    "renamed": "checks.renamed.metrics.b: column not returned by the SQL; "
+    "checks.renamed.sql: returns column 'c', declared in neither labels nor metrics",
     "twice": "two rows have the same labels (k='x')",
 }
 
