@@ -264,6 +264,13 @@ def exporter_board(m: Metrics) -> Board:
                alerts=("PgRunbookCheckFailing",), height=10, runbook=runbook, ascending=True,
                what="Each check's last run: succeeded (1) or failed (0), duration, time since "
                     "its last success, interval, series exported and truncation (1)."),
+        table("Skipped checks (now)", (m.sel("check_skipped"),), ("skipped",),
+               alerts=("PgRunbookCheckSkipped",), height=6, runbook=runbook,
+               empty="every check can run on this server",
+               what="Checks that cannot run on this server, and why (reason): version (no SQL for "
+                    "this PostgreSQL major), standby (primary only), extension (not created, e.g. "
+                    "pg_stat_statements) or relation (its tables are missing: the wrong "
+                    "database?). Their panels stay empty and their alerts cannot fire."),
         ts("Check age in intervals", (q(age, per_check),), unit="none",
            steps=(OK, m.step(WARN, "check_stale_intervals")), alerts=("PgRunbookCheckStale",),
            what="Seconds since each check last succeeded over its interval: about 1 when "

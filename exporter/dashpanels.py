@@ -253,13 +253,16 @@ def stat(title: str, query: Query, *, unit: str, what: str, runbook: str,
 
 def table(title: str, queries: tuple[str, ...], names: tuple[str, ...], *, what: str,
            runbook: str, units: tuple[tuple[str, str], ...] = (), alerts: tuple[str, ...] = (),
-           width: int = 24, height: int = 9, ascending: bool = False) -> Panel:  # fmt: skip
+           width: int = 24, height: int = 9, ascending: bool = False,
+           empty: str | None = None) -> Panel:  # fmt: skip
     """An instant table: a column per query (``Value #A``… renamed ``names``), merged by labels,
     sorted by the first (descending unless ``ascending``)."""
+    # Grafana names the value column of a lone query "Value", of several "Value #<refId>"
     refs = [f"Value #{chr(ord('A') + i)}" for i in range(len(queries))]
+    refs = ["Value"] if len(refs) == 1 else refs
     return Panel(
         "table", title, what, runbook, "short",
         tuple(Query(e, instant=True, table=True) for e in queries), width=width, height=height,
         column_units=units, column_names=tuple(zip(refs, names, strict=True)), mirrors=alerts,
-        ascending=ascending,
+        ascending=ascending, empty_when=empty,
     )  # fmt: skip

@@ -190,6 +190,23 @@ def test_every_panel_has_a_grafana_unit_and_a_description_naming_runbook_and_ale
                 assert alert in description
 
 
+def test_table_columns_are_renamed_from_the_names_grafana_gives_them(
+    boards: dict[str, dict[str, Any]],
+) -> None:
+    tables = 0
+    for uid, board in boards.items():
+        for panel in data_panels(board):
+            if panel["type"] != "table":
+                continue
+            tables += 1
+            refs = [target["refId"] for target in panel["targets"]]
+            # Grafana's Prometheus source: "Value" for a lone query, else "Value #<refId>"
+            wanted = ["Value"] if len(refs) == 1 else [f"Value #{ref}" for ref in refs]
+            (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
+            assert list(organize["options"]["renameByName"]) == wanted, (uid, panel["title"])
+    assert tables >= 4
+
+
 def test_every_panel_target_and_variable_reads_the_datasource_variable(
     boards: dict[str, dict[str, Any]],
 ) -> None:

@@ -6,8 +6,9 @@ second, Prometheus scraping it each second. The database first looks like a heal
 sessions in their pool, vacuumed tables, archived WAL): every panel not documented as
 empty-when-healthy must return data. Then the runbook's faults are seeded (orphaned and duplicate
 mappings, a failed and an unfinished migration, a bloated table, a lock wait behind a session idle
-in its transaction, a replication slot, a failing archive_command) and every panel, the
-documented-empty ones included, must return data; the front tiles must show the seeded counts.
+in its transaction, a replication slot, a failing archive_command, a table a check needs dropped)
+and every panel, the documented-empty ones included, must return data; the front tiles must show
+the seeded counts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from exporter import dashgen
 from exporter.config import load_config
@@ -32,6 +34,7 @@ from tests.conftest import PortalDb, Servers, start_throwaway
 from tests.prometheus_stack import (
     JOB,
     PrometheusStack,
+    fast_config,
     module_portal_db,
     prometheus_stack,
     wait_until,
@@ -53,7 +56,11 @@ QUIET_WHEN_HEALTHY = {
     "Time since last archive failure",
     "WAL retained by replication slots",
     "Unfinished migration running for",
+    "Skipped checks (now)",
 }
+# A check of the test's own config that needs a table the faults drop: then it is skipped with
+# reason "relation", as a runbook check is when the exporter watches the wrong database.
+PROBE_CHECK, PROBE_TABLE = "needs_a_dropped_table", "dropped_by_the_faults"
 USERS = 40
 BLOATED_ROWS, BLOATED_DELETED = 12000, 4000  # dead ratio 1/3, above the 10000-row floor
 SMALL_ROWS, SMALL_DELETED = 100, 90  # dead ratio 0.9, below the floor: never the worst
@@ -96,6 +103,7 @@ def _seed_healthy(db: PortalDb) -> None:
         "CREATE TABLE lock_target (id int PRIMARY KEY, n int); "
         "INSERT INTO lock_target VALUES (1, 0)",
     )
+    _sql(db, f"CREATE TABLE {PROBE_TABLE} (id int)")
     _sql(db, "SELECT count(*) FROM users u JOIN id_mappings m ON m.user_id = u.id")
     _sql(db, "VACUUM ANALYZE")
     # one archived segment, so "time since last archived WAL" has a timestamp
@@ -137,11 +145,28 @@ def db(
         yield portal
 
 
+def _config_with_probe(path: Path) -> Path:
+    """queries.yaml, every check each second, plus PROBE_CHECK."""
+    data = yaml.safe_load(fast_config(path).read_text(encoding="utf-8"))
+    data["checks"][PROBE_CHECK] = {
+        "help": "Test only: runs while its table exists.",
+        "interval": "1s",
+        "timeout": "1s",
+        "requires": {"relations": [PROBE_TABLE]},
+        "sql": "SELECT 1 AS probe_runs",
+        "metrics": {"probe_runs": {"name": "probe_runs", "type": "gauge", "help": "Test only."}},
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def stack(db: PortalDb, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusStack]:
     workdir: Path = tmp_path_factory.mktemp("dashboards-stack")
-    with prometheus_stack(workdir, database_url=db.monitor_dsn) as running:
-        checks = len(load_config().checks)
+    config = _config_with_probe(workdir / "queries.yaml")
+    with prometheus_stack(workdir, database_url=db.monitor_dsn, config=config) as running:
+        checks = len(load_config(config).checks)
+        # every check runs: nothing is skipped on the healthy database
         running.wait_for(f"count(pgrb_check_success == 1) == {checks}", what="every check to run")
         # enough scrapes for every rate over $__rate_interval and every deriv to have two samples
         running.wait_for("count_over_time(pgrb_up[10s]) >= 6", what="six scrapes")
@@ -221,6 +246,14 @@ def test_on_a_healthy_database_every_panel_has_data_but_the_documented_empty_one
 
 
 def _seed_faults(db: PortalDb, sessions: list[psycopg.Connection[Any]]) -> None:
+    _sql(db, f"DROP TABLE {PROBE_TABLE}")
+    # The exporter re-reads which tables exist every 15 s, and at once when it reconnects: end its
+    # sessions (as the runbook's "Kill Stuck Connections" would) rather than wait.
+    _sql(
+        db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+        (db.monitor_role,),
+    )
     _sql(
         db,
         "INSERT INTO id_mappings (id, user_id, whmcs_client_id, sf_account_id, updated_at) VALUES "
@@ -282,8 +315,12 @@ def faults(
         "pgrb_wal_archive_oldest_ready_timestamp_seconds",
         "pgrb_wal_archive_last_failed_timestamp_seconds",
         "pgrb_replication_slot_retained_wal_bytes",
+        f'pgrb_check_skipped{{check="{PROBE_CHECK}", reason="relation"}} == 1',
     ):
         stack.wait_for(expr)
+    # both sessions back: every other check succeeds again after its connection error
+    others = len(load_config().checks)
+    stack.wait_for(f"count(pgrb_check_success == 1) == {others} and on() pgrb_up == 1")
     return stack
 
 
@@ -299,6 +336,15 @@ def test_with_the_runbook_faults_seeded_every_panel_has_data(faults: PrometheusS
             filled.add((uid, panel["title"]))
     assert not problems, "\n".join(problems)
     assert filled == {key for key, p in models.items() if p.empty_when is not None}
+
+
+def test_skipped_checks_table_names_the_check_and_why(faults: PrometheusStack) -> None:
+    board = next(b for b in _boards() if b["uid"] == dashgen.EXPORTER)
+    (panel,) = [p for p in data_panels(board) if p["title"] == "Skipped checks (now)"]
+    (rows,) = run_panel(faults, panel, resolve_variables(faults, board)).values()
+    assert [(r["metric"]["check"], r["metric"]["reason"], r["value"][1]) for r in rows] == [
+        (PROBE_CHECK, "relation", "1")
+    ]
 
 
 def _colour(panel: Panel, value: float) -> str:
