@@ -149,6 +149,33 @@ def test_alerts_markdown_lists_every_rule() -> None:
 # -- valid for the tools, and documented -------------------------------------------------------
 
 
+def _matchings(node: Any) -> Iterator[Any]:
+    """The vector matching (``on``/``ignoring`` labels) of every binary operation in an AST."""
+    if isinstance(node, promql_parser.BinaryExpr):
+        if node.modifier is not None and node.modifier.matching is not None:
+            yield node.modifier.matching
+        yield from _matchings(node.lhs)
+        yield from _matchings(node.rhs)
+    for attr in ("expr", "param"):
+        child = getattr(node, attr, None)
+        if child is not None and not isinstance(child, str | int | float):
+            yield from _matchings(child)
+    for arg in getattr(node, "args", None) or ():
+        yield from _matchings(arg)
+
+
+def test_documented_threshold_gauge_example_matches_each_exporter_on_its_own() -> None:
+    text = (REPO / "docs" / "checks.md").read_text(encoding="utf-8")
+    examples = [e for e in re.findall(r"`([^`]+)`", text) if "group_left" in e]
+    assert examples, "docs/checks.md has no group_left example"
+    for example in examples:
+        matchings = list(_matchings(promql_parser.parse(example)))
+        assert matchings, example
+        for matching in matchings:
+            # on() joins every exporter's threshold to every series: many-to-many with two
+            assert {"instance", "job"} <= set(matching.labels), f"{matching} in {example}"
+
+
 def test_promtool_accepts_every_rule_file(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     files = sorted(ALERTS.glob("*.rules.yml"))
