@@ -168,8 +168,12 @@ def stack(db: PortalDb, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
         checks = len(load_config(config).checks)
         # every check runs: nothing is skipped on the healthy database
         running.wait_for(f"count(pgrb_check_success == 1) == {checks}", what="every check to run")
-        # enough scrapes for every rate over $__rate_interval and every deriv to have two samples
-        running.wait_for("count_over_time(pgrb_up[10s]) >= 6", what="six scrapes")
+        # every rate over $__rate_interval (4 s) and every deriv needs two samples of each series:
+        # three scrapes of every check's results leave one to spare
+        running.wait_for(
+            "min(count_over_time(pgrb_check_success[10s])) >= 3",
+            what="three scrapes of every check's results",
+        )
         yield running
 
 
