@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from exporter import alertgen
+from exporter import alertrules
 from exporter.config import Config
 from exporter.selfmetrics import NAMES as SELF_METRICS
 
@@ -194,7 +194,7 @@ ON_OFF = (Mapping(1, "on", "green"), Mapping(0, "off", "blue"))
 
 def alert_colour(alert: str) -> Colour:
     """The colour of ``alert``'s severity, for a state only that alert watches."""
-    severities = {rule.severity for rule in alertgen.RULES if rule.name == alert}
+    severities = {rule.severity for rule in alertrules.RULES if rule.name == alert}
     if len(severities) != 1:
         raise ValueError(f"{alert} has severities {sorted(severities)}, not exactly one")
     return SEVERITY_COLOURS[severities.pop()]

@@ -20,13 +20,13 @@ from typing import Any
 
 import yaml
 
-from exporter import alertgen
+from exporter import alertgen, alertrules
 from exporter.config import Config, load_config
 from tests.prometheus_stack import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
-RULES = REPO / "alerts" / alertgen.RULES_FILE
-INSTANCE = {"instance": "db1:9819", "job": alertgen.JOB}
+RULES = REPO / "alerts" / alertrules.RULES_FILE
+INSTANCE = {"instance": "db1:9819", "job": alertrules.JOB}
 GIB = 1024**3
 
 
@@ -92,7 +92,7 @@ def examples(config: Config) -> list[Example]:
         "absent",
         {},
         "10m",
-        Fired("critical", 1, {"job": alertgen.JOB}, bare=True),
+        Fired("critical", 1, {"job": alertrules.JOB}, bare=True),
         raw_series={'up{job="node",instance="n1:9100"}': "1x20"},
     )
     add("PgRunbookExporterAbsent", "present", {}, "10m", raw_series={_series("up"): "1x20"})
@@ -312,7 +312,7 @@ def examples(config: Config) -> list[Example]:
     ):
         series = {on_off: archiving, role: standby}
         add("PostgresWalArchivingDisabled", name, series, "30m", *fires)
-    standby_db = f'{{instance="db2:9819",job="{alertgen.JOB}"}}'
+    standby_db = f'{{instance="db2:9819",job="{alertrules.JOB}"}}'
     add(
         "PostgresWalArchivingDisabled",
         "off on a primary and its standby, each matched to its own role",
@@ -612,7 +612,7 @@ EXAMPLES = examples(CONFIG)
 
 
 def test_every_rule_has_a_firing_and_a_silent_example() -> None:
-    for rule in alertgen.RULES:
+    for rule in alertrules.RULES:
         mine = [e for e in EXAMPLES if e.alert == rule.name]
         firing = [e for e in mine if any(f.severity == rule.severity for f in e.fires)]
         silent = [e for e in mine if all(f.severity != rule.severity for f in e.fires)]

@@ -24,7 +24,7 @@ import promql_parser
 import pytest
 import yaml
 
-from exporter import alertgen
+from exporter import alertgen, alertrules
 from exporter.config import Setting, load_config
 from tests.prometheus_stack import (
     JOB,
@@ -79,8 +79,8 @@ def test_a_threshold_changed_in_queries_yaml_moves_the_rule() -> None:
             for s in CONFIG.settings
         ),
     )
-    before = _rules(alertgen.generate(CONFIG)[alertgen.RULES_FILE])
-    after = _rules(alertgen.generate(changed)[alertgen.RULES_FILE])
+    before = _rules(alertgen.generate(CONFIG)[alertrules.RULES_FILE])
+    after = _rules(alertgen.generate(changed)[alertrules.RULES_FILE])
     moved = [(b["expr"], a["expr"]) for b, a in zip(before, after, strict=True) if b != a]
     ratio = "pgrb_connections_usage_ratio >="
     assert moved == [(f"{ratio} 0.8", f"{ratio} 0.71")]
@@ -89,7 +89,7 @@ def test_a_threshold_changed_in_queries_yaml_moves_the_rule() -> None:
 
 def test_every_rule_threshold_is_a_setting() -> None:
     settings = {s.name: s for s in CONFIG.settings}
-    for rule in alertgen.RULES:
+    for rule in alertrules.RULES:
         for name in alertgen.settings_used(rule):
             setting: Setting = settings[name]
             assert isinstance(setting.value, int | float), name
@@ -102,14 +102,14 @@ def test_every_rule_threshold_is_a_setting() -> None:
 
 
 def test_for_override_replaces_every_for() -> None:
-    rules = _rules(alertgen.generate(CONFIG, for_override="0s")[alertgen.RULES_FILE])
+    rules = _rules(alertgen.generate(CONFIG, for_override="0s")[alertrules.RULES_FILE])
     assert {r["for"] for r in rules} == {"0s"}
 
 
 def test_base_urls_are_configurable() -> None:
     text = alertgen.generate(
         CONFIG, runbook_base_url="https://wiki.internal/pg/", dashboard_base_url="https://g/d/"
-    )[alertgen.RULES_FILE]
+    )[alertrules.RULES_FILE]
     for rule in _rules(text):
         annotations = rule["annotations"]
         assert annotations["runbook_url"] == f"https://wiki.internal/pg/{rule['alert']}.md"
@@ -121,7 +121,7 @@ def test_every_dashboard_link_opens_a_board_that_shows_the_alert() -> None:
         board["uid"]: board
         for board in (json.loads(p.read_text(encoding="utf-8")) for p in DASHBOARDS.glob("*.json"))
     }
-    for rule in alertgen.RULES:
+    for rule in alertrules.RULES:
         board = boards.get(rule.dashboard)
         assert board is not None, f"{rule.name}: no dashboards/{rule.dashboard}.json"
         variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
@@ -139,7 +139,7 @@ def test_every_dashboard_link_opens_a_board_that_shows_the_alert() -> None:
 def test_alerts_markdown_lists_every_rule() -> None:
     table = alertgen.alerts_markdown(CONFIG)
     rows = [line for line in table.splitlines() if line.startswith("| [")]
-    assert len(rows) == len(alertgen.RULES)
+    assert len(rows) == len(alertrules.RULES)
     assert (
         "| [PostgresLongRunningQuery](docs/alerts/PostgresLongRunningQuery.md) | warning | "
         "client query > 5 min | 1m |" in table
@@ -181,10 +181,10 @@ def test_promtool_accepts_every_rule_file(tmp_path: Path) -> None:
     files = sorted(ALERTS.glob("*.rules.yml"))
     assert files
     overridden = tmp_path / "overridden.rules.yml"
-    overridden.write_text(alertgen.generate(CONFIG, for_override="0s")[alertgen.RULES_FILE])
+    overridden.write_text(alertgen.generate(CONFIG, for_override="0s")[alertrules.RULES_FILE])
     done = _run(promtool, "check", "rules", *map(str, files), str(overridden))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(alertgen.RULES)} rules found" in done.stdout
+    assert f"SUCCESS: {len(alertrules.RULES)} rules found" in done.stdout
 
 
 def test_amtool_accepts_the_alertmanager_example() -> None:
@@ -310,7 +310,7 @@ def test_every_metric_an_alert_uses_is_exported_with_the_right_type(
     finally:
         exporter.stop()
     used: dict[str, set[str | None]] = {}
-    for rule in alertgen.RULES:
+    for rule in alertrules.RULES:
         for name, function in _selectors(promql_parser.parse(alertgen.fill(rule.expr, CONFIG))):
             used.setdefault(name, set()).add(function)
     missing = sorted(set(used) - set(types) - SYNTHETIC)
@@ -359,8 +359,8 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
 ) -> None:
     server = own_server()
     db = pg_servers.portal_db(server)
-    rules = tmp_path / alertgen.RULES_FILE
-    rules.write_text(alertgen.generate(CONFIG, for_override="0s")[alertgen.RULES_FILE])
+    rules = tmp_path / alertrules.RULES_FILE
+    rules.write_text(alertgen.generate(CONFIG, for_override="0s")[alertrules.RULES_FILE])
     with prometheus_stack(
         tmp_path / "stack",
         database_url=db.monitor_dsn,
@@ -389,7 +389,7 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
         }
         annotations = page["annotations"]
         assert annotations["runbook_url"] == (
-            f"{alertgen.DEFAULT_RUNBOOK_BASE_URL}PortalIdMappingsOrphaned.md"
+            f"{alertrules.DEFAULT_RUNBOOK_BASE_URL}PortalIdMappingsOrphaned.md"
         )
         assert annotations["description"].startswith(
             f"id_mappings on {instance} now has 3 rows whose portal user no longer exists"

@@ -18,7 +18,7 @@ import promql_parser
 import pytest
 import yaml
 
-from exporter import alertgen, dashgen
+from exporter import alertgen, alertrules, dashgen
 from exporter.config import Config, load_config
 from exporter.dashdetail import ARCHIVING_OFF, STORAGE
 from exporter.dashpanels import ALERT_COLOURS, ANY, DATASOURCE, SEVERITY_COLOURS, Metrics, Panel
@@ -267,9 +267,9 @@ def test_generator_refuses_a_metric_the_config_does_not_export(config: Config) -
         Metrics(config).sel("connection_count")
 
 
-def _rules() -> dict[str, list[alertgen.AlertRule]]:
-    rules: dict[str, list[alertgen.AlertRule]] = {}
-    for rule in alertgen.RULES:
+def _rules() -> dict[str, list[alertrules.AlertRule]]:
+    rules: dict[str, list[alertrules.AlertRule]] = {}
+    for rule in alertrules.RULES:
         rules.setdefault(rule.name, []).append(rule)
     return rules
 
@@ -334,7 +334,7 @@ ARCHIVING_ROLES: dict[str, tuple[int, int | None]] = {
 def _archiving_series() -> list[dict[str, str]]:
     series = []
     for instance, (enabled, recovery) in ARCHIVING_ROLES.items():
-        labels = f'instance="{instance}",job="{alertgen.JOB}"'
+        labels = f'instance="{instance}",job="{alertrules.JOB}"'
         series.append(
             {"series": f"pgrb_wal_archiving_enabled{{{labels}}}", "values": f"{enabled}x10"}
         )
@@ -354,7 +354,7 @@ def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_stand
     models = {(uid, p.title): p for uid, p in model_panels(config)}
     tile = models[dashgen.HEALTH, "Oldest WAL not archived"]
     state = models[STORAGE, "WAL archiving"]
-    (alert,) = [r for r in alertgen.RULES if r.name == ARCHIVING_OFF]
+    (alert,) = [r for r in alertrules.RULES if r.name == ARCHIVING_OFF]
     assert ARCHIVING_OFF in tile.mirrors and ARCHIVING_OFF in state.mirrors
 
     def shown(panel: Panel, text: str) -> float:
@@ -374,7 +374,7 @@ def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_stand
         for panel, value in ((tile, tile_value), (state, state_value)):
             # `+ 0` fails on two series of one instance instead of hiding the second
             expr = f"({substitute(panel.queries[0].expr, values)}) + 0"
-            labels = "{}" if panel is tile else f'{{instance="{instance}",job="{alertgen.JOB}"}}'
+            labels = "{}" if panel is tile else f'{{instance="{instance}",job="{alertrules.JOB}"}}'
             tests.append(
                 {
                     "expr": expr,
@@ -382,7 +382,7 @@ def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_stand
                     "exp_samples": [{"labels": labels, "value": value}],
                 }
             )
-    primary_off = f'pgrb_wal_archiving_enabled{{instance="primary-off",job="{alertgen.JOB}"}}'
+    primary_off = f'pgrb_wal_archiving_enabled{{instance="primary-off",job="{alertrules.JOB}"}}'
     alert_test = {"expr": alertgen.fill(alert.expr, config), "eval_time": "5m"}
     tests.append({**alert_test, "exp_samples": [{"labels": primary_off, "value": 0}]})
     document = {
