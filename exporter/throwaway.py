@@ -169,6 +169,19 @@ def _private_dir(prefix: str, user: ServerUser | None) -> Path:
     return path
 
 
+def run_sql(
+    conn: psycopg.Connection[Any],
+    statement: str | sql.SQL | sql.Composed,
+    params: Mapping[str, Any] | tuple[Any, ...] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Run SQL (several statements when there are no params); the last statement's rows."""
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        while cur.nextset():
+            pass
+        return cur.fetchall() if cur.description else []
+
+
 class ThrowawayServer:
     """One disposable PostgreSQL server; see the module docstring."""
 
@@ -369,11 +382,8 @@ class ThrowawayServer:
 
         Without params, a string may hold several statements (a schema file).
         """
-        with self.connect(dbname=dbname) as conn, conn.cursor() as cur:
-            cur.execute(statement, params)
-            while cur.nextset():
-                pass
-            return cur.fetchall() if cur.description else []
+        with self.connect(dbname=dbname) as conn:
+            return run_sql(conn, statement, params)
 
     def psql(
         self,

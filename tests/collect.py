@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.cache import ResultCache
 from exporter.cli import Common, build_pipeline
 from exporter.config import Check, Config, Setting, load_config
 from exporter.dsn import parse_database_url
+from exporter.scheduler import Scheduler
+from exporter.webserver import WebServer
 
 LabelSet = frozenset[tuple[str, str]]
 
@@ -85,6 +90,37 @@ def collect_once(dsn: str, config: Config | None = None, *, connections: int = 1
     finally:
         scheduler.stop()
     return Scrape.parse(cache.exposition.text.decode())
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The pipeline and web server, wired as ``run`` wires them, on an ephemeral port."""
+
+    cache: ResultCache
+    scheduler: Scheduler
+    port: int
+
+    def scrape(self, *, timeout: float = 5.0) -> Scrape:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            assert reply.status == 200
+            return Scrape.parse(reply.read().decode())
+
+
+@contextlib.contextmanager
+def serving(dsn: str, config: Config, *, connections: int = 1) -> Iterator[Serving]:
+    common = Common(config=config, target=parse_database_url(dsn), connections=connections)
+    cache, scheduler = build_pipeline(common)
+    server = WebServer(
+        listen_address="127.0.0.1:0", get_exposition=lambda: cache.exposition, ready=cache.ready
+    )
+    port = server.start()
+    scheduler.start()
+    try:
+        yield Serving(cache=cache, scheduler=scheduler, port=port)
+    finally:
+        server.stop()
+        scheduler.stop()
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "it") -> None:

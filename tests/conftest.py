@@ -45,7 +45,7 @@ import pytest
 from psycopg import sql
 
 from exporter.pgbinaries import BinariesUnavailable, find_client_tool
-from exporter.throwaway import ServerError, ThrowawayServer, scram_verifier
+from exporter.throwaway import ServerError, ThrowawayServer, run_sql, scram_verifier
 
 pytest_plugins = ["pytester"]
 
@@ -130,11 +130,8 @@ class ExternalServer:
         *,
         dbname: str = "postgres",
     ) -> list[tuple[Any, ...]]:
-        with self.connect(dbname=dbname) as conn, conn.cursor() as cur:
-            cur.execute(statement, params)
-            while cur.nextset():
-                pass
-            return cur.fetchall() if cur.description else []
+        with self.connect(dbname=dbname) as conn:
+            return run_sql(conn, statement, params)
 
     def psql(
         self,

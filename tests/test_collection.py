@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -21,8 +18,7 @@ from exporter.config import Config, SqlVariant, parse_config
 from exporter.dsn import parse_database_url
 from exporter.scheduler import Scheduler
 from exporter.session import APPLICATION_NAME
-from exporter.webserver import WebServer
-from tests.collect import Scrape, wait_for
+from tests.collect import Scrape, serving, wait_for
 from tests.conftest import PortalDb
 
 
@@ -36,36 +32,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class Running:
-    cache: ResultCache
-    scheduler: Scheduler
-    port: int
-
-    def scrape(self) -> Scrape:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
-            return Scrape.parse(reply.read().decode())
-
-
-@contextlib.contextmanager
-def running(dsn: str, config: Config, *, connections: int = 1) -> Iterator[Running]:
-    cache = ResultCache(config=config)
-    cache.attach(RunbookCollector(cache))
-    scheduler = Scheduler(
-        config=config, target=parse_database_url(dsn), cache=cache, connections=connections
-    )
-    server = WebServer(
-        listen_address="127.0.0.1:0", get_exposition=lambda: cache.exposition, ready=cache.ready
-    )
-    port = server.start()
-    scheduler.start()
-    try:
-        yield Running(cache=cache, scheduler=scheduler, port=port)
-    finally:
-        server.stop()
-        scheduler.stop()
 
 
 def exporter_backends(db: PortalDb) -> list[tuple[Any, ...]]:
@@ -94,7 +60,7 @@ checks:
 
 def test_a_scrape_is_served_while_a_check_is_still_running(portal_db: PortalDb) -> None:
     config = config_of(SLOW_AND_FAST)
-    with running(portal_db.monitor_dsn, config, connections=2) as exporter:
+    with serving(portal_db.monitor_dsn, config, connections=2) as exporter:
         wait_for(lambda: exporter.cache.state("fast").success is True, what="the fast check")
 
         def slow_is_running() -> bool:
@@ -123,7 +89,7 @@ checks:
     sql: SELECT 7 AS pgrb_scrape_marker
     metrics: {pgrb_scrape_marker: {name: marker, type: gauge, help: Seven.}}
 """)
-    with running(portal_db.monitor_dsn, config) as exporter:
+    with serving(portal_db.monitor_dsn, config) as exporter:
         wait_for(lambda: exporter.cache.state("marker").success is True, what="the first run")
         threads = [
             threading.Thread(target=lambda: [exporter.scrape() for _ in range(25)])
@@ -158,7 +124,7 @@ checks:
     labels: [name]
     metrics: {n: {name: item, type: gauge, help: An item.}}
 """)
-    with running(portal_db.monitor_dsn, config) as exporter:
+    with serving(portal_db.monitor_dsn, config) as exporter:
         wait_for(lambda: exporter.scrape().get("pgrb_item", name="b") == 2, what="item b")
         portal_db.server.execute("DELETE FROM items WHERE name = 'b'", dbname=portal_db.name)
         wait_for(lambda: exporter.scrape().get("pgrb_item", name="b") is None, what="b to go")
@@ -229,7 +195,7 @@ def test_never_more_connections_than_configured_nor_two_runs_of_one_check(
     )
     config = config_of("checks:" + checks)
     most = 0
-    with running(portal_db.monitor_dsn, config, connections=2) as exporter:
+    with serving(portal_db.monitor_dsn, config, connections=2) as exporter:
         wait_for(
             lambda: all(exporter.cache.state(f"sleeper_{i}").success for i in range(6)),
             what="every check to run",
@@ -244,7 +210,7 @@ def test_never_more_connections_than_configured_nor_two_runs_of_one_check(
 
 def test_readiness_waits_for_the_first_collection(portal_db: PortalDb) -> None:
     config = config_of(SLOW_AND_FAST)
-    with running(portal_db.monitor_dsn, config, connections=2) as exporter:
+    with serving(portal_db.monitor_dsn, config, connections=2) as exporter:
 
         def readyz() -> tuple[int, bytes]:
             try:

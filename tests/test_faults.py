@@ -24,14 +24,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from exporter.cli import Common, build_pipeline
 from exporter.config import Check, Config, load_config, parse_config
-from exporter.dsn import parse_database_url
 from exporter.scheduler import Scheduler
 from exporter.session import APPLICATION_NAME
 from exporter.throwaway import ThrowawayServer, scram_verifier
-from exporter.webserver import WebServer
-from tests.collect import Scrape, wait_for
+from tests.collect import Scrape, serving, wait_for
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, PortalDb, Server, Servers
 
 pytestmark = pytest.mark.fault
@@ -110,18 +107,8 @@ class Running:
 @contextlib.contextmanager
 def exporter(dsn: str, config: Config, *, connections: int = 1) -> Iterator[Running]:
     """The exporter's pipeline and web server, as ``run`` wires them."""
-    common = Common(config=config, target=parse_database_url(dsn), connections=connections)
-    cache, scheduler = build_pipeline(common)
-    server = WebServer(
-        listen_address="127.0.0.1:0", get_exposition=lambda: cache.exposition, ready=cache.ready
-    )
-    port = server.start()
-    scheduler.start()
-    try:
-        yield Running(config=config, scheduler=scheduler, port=port)
-    finally:
-        server.stop()
-        scheduler.stop()
+    with serving(dsn, config, connections=connections) as served:
+        yield Running(config=config, scheduler=served.scheduler, port=served.port)
 
 
 def exporter_backends(server: Server, *, dbname: str = "postgres") -> list[tuple[Any, ...]]:
