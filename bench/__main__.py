@@ -81,6 +81,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--scrape-interval", type=float, default=15.0)
     p.add_argument(
+        "--timing-runs",
+        type=int,
+        default=None,
+        help="runs of every check (and psql passes) behind each per-check median (5; --quick 3)",
+    )
+    p.add_argument(
         "--integrity-timeout",
         type=float,
         default=60.0,
@@ -114,6 +120,7 @@ def options(ns: argparse.Namespace) -> Options:
         scrape_interval=ns.scrape_interval if not quick else min(ns.scrape_interval, 5.0),
         integrity_timeout=ns.integrity_timeout if not quick else min(ns.integrity_timeout, 10.0),
         only=ns.only,
+        timing_runs=ns.timing_runs or (3 if quick else 5),
         quick=quick,
     )
 

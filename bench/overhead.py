@@ -1,114 +1,18 @@
-"""The exporter's own overhead: its check run times against the same SQL through psql, and the
-cost of the id_mappings integrity checks in the runbook's shape and in the anti-join shape."""
+"""The integrity counts an exporter reports, and the cost of the id_mappings integrity checks in
+the runbook's shape and in the anti-join shape (per-check run times: bench.timing)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import statistics
-import subprocess
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
 import psycopg
 
 from bench.checks import Check
-from bench.loadgen import fetch
 
 logger = logging.getLogger(__name__)
-
-_TIME = re.compile(r"^Time: ([0-9.]+) ms", re.MULTILINE)
-_SAMPLE = re.compile(r'^(\w+)\{check="([^"]*)"\} ([0-9.eE+-]+)$', re.MULTILINE)
-
-
-def psql_times(dsn: str, checks: tuple[Check, ...], *, repeat: int) -> dict[str, float]:
-    """Median seconds of each check's SQL run by psql in one session (`\\timing`)."""
-    script = "\\timing on\n" + "".join(f"{c.sql};\n" for c in checks) * repeat
-    with tempfile.NamedTemporaryFile("w", suffix=".sql") as f:
-        f.write(script)
-        f.flush()
-        proc = subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-o",
-                "/dev/null",
-                "-v",
-                "ON_ERROR_STOP=0",
-                "-d",
-                dsn,
-                "-f",
-                f.name,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-    times = [float(m) / 1000 for m in _TIME.findall(proc.stdout)]
-    if len(times) != len(checks) * repeat:
-        raise RuntimeError(f"psql timed {len(times)} of {len(checks) * repeat}: {proc.stderr}")
-    return {
-        c.name: statistics.median(times[i + k * len(checks)] for k in range(repeat))
-        for i, c in enumerate(checks)
-    }
-
-
-def _by_check(exposition: str, metric: str) -> dict[str, float]:
-    return {
-        check: float(value) for name, check, value in _SAMPLE.findall(exposition) if name == metric
-    }
-
-
-class DurationSampler:
-    """Collects this exporter's check run times while it runs undisturbed (the load windows).
-
-    Every run of a check is recorded once, keyed by its last-success timestamp, so a check that
-    ran several times contributes several samples; `medians()` gives the typical run.
-    """
-
-    def __init__(
-        self, port: int, *, namespace: str, every: float = 1.0, since: float = 0.0
-    ) -> None:
-        self._since = since  # Unix time: runs that succeeded earlier are ignored
-        self._port = port
-        self._ns = namespace
-        self._every = every
-        self._runs: dict[str, dict[float, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="durations")
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._every):
-            try:
-                text = fetch("127.0.0.1", self._port, timeout=10).text()
-            except OSError:
-                continue
-            durations = _by_check(text, f"{self._ns}_check_duration_seconds")
-            stamps = _by_check(text, f"{self._ns}_check_last_success_timestamp_seconds")
-            for check, secs in durations.items():
-                if stamps.get(check, 0.0) >= self._since:
-                    self._runs.setdefault(check, {})[stamps[check]] = secs
-
-    def __enter__(self) -> DurationSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-    def medians(self) -> dict[str, float]:
-        return {c: statistics.median(runs.values()) for c, runs in self._runs.items() if runs}
-
-    def samples(self) -> dict[str, int]:
-        return {c: len(runs) for c, runs in self._runs.items()}
-
 
 _FAULT_METRICS = {
     "orphaned_mappings": "id_mappings_orphaned",

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import checks, dbload, loadgen, overhead, seed, targets
+from bench import checks, dbload, loadgen, overhead, seed, targets, timing
 from bench.pgserver import Database, start
 
 logger = logging.getLogger(__name__)
@@ -33,6 +31,7 @@ class Options:
     scrape_interval: float
     integrity_timeout: float
     only: tuple[str, ...]  # targets to run: pgrb, pge, qe (fixed always runs)
+    timing_runs: int = 5  # runs of every check behind each per-check median
     quick: bool = False
 
 
@@ -138,52 +137,22 @@ def _throughput(
     return out
 
 
-def _overhead(
-    db: Database, mine: dict[str, float], samples: dict[str, int], resolved: checks.Resolved
+def _timing(
+    db: Database, resolved: checks.Resolved, opts: Options, *, workdir: Path, name: str
 ) -> dict[str, Any]:
-    """This exporter's typical run of each check against psql running the same SQL."""
-    if not mine:
+    """Per-check run times of this exporter and of psql, measured alone (see bench.timing)."""
+    if "pgrb" not in opts.only:
         return {}
-    raw = overhead.psql_times(db.role_dsn("bench_pgrb"), resolved.checks, repeat=5)
-    both = [c for c in raw if c in mine]
-    return {
-        "per_check": {
-            c: {"exporter_s": mine[c], "psql_s": raw[c], "runs": samples.get(c, 0)} for c in both
-        },
-        "exporter_cycle_s": sum(mine[c] for c in both),
-        "psql_cycle_s": sum(raw[c] for c in both),
-    }
-
-
-def _sampler(
-    up: dict[str, targets.Running], ns: str, *, since: float = 0.0
-) -> overhead.DurationSampler | None:
-    if "pgrb" not in up:
-        return None
-    return overhead.DurationSampler(up["pgrb"].port, namespace=ns, since=since)
-
-
-def _restart(up: dict[str, targets.Running], names: tuple[str, ...], *, logdir: Path) -> None:
-    """Restart the exporters that collect on a schedule: their first cycle then covers every
-    check, including the ones that run every few minutes."""
-    for name in names:
-        if name in up:
-            targets.stop(up[name])
-            up[name] = targets.start(up[name].spec, logdir=logdir)
-    for name in names:
-        if name in up:
-            targets.wait_collected(up[name], timeout=180)
-
-
-def _wait_for_runs(
-    sampler: overhead.DurationSampler | None, resolved: checks.Resolved, *, timeout: float
-) -> None:
-    if sampler is None:
-        return
-    deadline = time.monotonic() + timeout
-    wanted = {c.name for c in resolved.checks}
-    while time.monotonic() < deadline and not wanted <= set(sampler.samples()):
-        time.sleep(1)
+    window = timing.measure(
+        role_dsn=db.role_dsn("bench_pgrb"),
+        superuser_dsn=db.dsn,
+        resolved=resolved,
+        queries=checks.QUERIES,
+        workdir=workdir,
+        runs=opts.timing_runs,
+        name=name,
+    )
+    return timing.summary(window)
 
 
 def run(opts: Options) -> dict[str, Any]:
@@ -205,6 +174,8 @@ def run(opts: Options) -> dict[str, Any]:
             db.dsn, checks=integrity, timeout_s=opts.integrity_timeout
         )
         results["integrity"] = {str(opts.mappings[0]): [asdict(s) for s in shapes]}
+        # Before any other exporter starts: nothing else runs while the checks are timed.
+        results["overhead"] = _timing(db, resolved, opts, workdir=work, name="pgrb-timing")
 
         qe_config = work / QE_CONFIG_NAME
         checks.write_query_exporter_config(
@@ -227,20 +198,11 @@ def run(opts: Options) -> dict[str, Any]:
                 up.update(fixed)
             results["targets"] = _describe(up)
             results["load"] = {}
-            # Check run times are sampled here, while only paced scrapers run.
-            sampler = _sampler(up, resolved.namespace)
-            with sampler or contextlib.nullcontext():
-                for n in opts.load_scrapers:
-                    loads = dbload.measure(
-                        db.dsn,
-                        up,
-                        scrapers=n,
-                        interval=opts.scrape_interval,
-                        window=opts.load_window,
-                    )
-                    results["load"][str(n)] = {k: asdict(v) for k, v in loads.items()}
-            if sampler is not None:
-                results["overhead"] = _overhead(db, sampler.medians(), sampler.samples(), resolved)
+            for n in opts.load_scrapers:
+                loads = dbload.measure(
+                    db.dsn, up, scrapers=n, interval=opts.scrape_interval, window=opts.load_window
+                )
+                results["load"][str(n)] = {k: asdict(v) for k, v in loads.items()}
             results["throughput"] = _throughput(
                 up, connections=opts.connections, rounds=opts.rounds, duration=opts.duration
             )
@@ -282,11 +244,17 @@ def _extra_tables(
 ) -> dict[str, Any]:
     secs = seed.add_tables(db.dsn, count=opts.extra_tables)
     logger.info("created %d extra tables in %.0fs", opts.extra_tables, secs)
-    since = time.time()
-    _restart(up, ("pgrb", "qe"), logdir=logdir)
-    sampler = _sampler(up, resolved.namespace, since=since)
-    with sampler or contextlib.nullcontext():
-        _wait_for_runs(sampler, resolved, timeout=60)
+    # The exporters that collect on a schedule are stopped while the checks are timed (the
+    # others only query when scraped), then started afresh: their first cycle covers every
+    # check, including the ones that run every few minutes.
+    scheduled = [n for n in ("pgrb", "qe") if n in up]
+    for name in scheduled:
+        targets.stop(up[name])
+    overhead = _timing(db, resolved, opts, workdir=logdir, name="pgrb-timing-tables")
+    for name in scheduled:
+        up[name] = targets.start(up[name].spec, logdir=logdir)
+    for name in scheduled:
+        targets.wait_collected(up[name], timeout=180)
     live = {n: r for n, r in up.items() if n != "fixed"}
     conns = tuple(c for c in opts.connections if c >= 8) or opts.connections
     return {
@@ -296,7 +264,5 @@ def _extra_tables(
         "throughput": _throughput(
             live, connections=conns, rounds=opts.rounds, duration=opts.duration
         ),
-        "overhead": _overhead(db, sampler.medians(), sampler.samples(), resolved)
-        if sampler is not None
-        else {},
+        "overhead": overhead,
     }
