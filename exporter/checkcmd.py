@@ -37,7 +37,12 @@ def grant_for(message: str, role: str) -> str | None:
         return f"GRANT EXECUTE ON FUNCTION {name} TO {role};  -- or GRANT pg_monitor TO {role};"
     if kind == "schema":
         return f"GRANT USAGE ON SCHEMA {name} TO {role};"
-    return f"GRANT SELECT ON {name} TO {role};"
+    # Never a table-wide SELECT: users holds e-mails and password hashes. The role script grants
+    # only the columns the checks read.
+    return (
+        f"psql -d <portal database> -v role={role} -f sql/monitoring-role.sql"
+        f"  # SELECT on the columns of {name} the checks read"
+    )
 
 
 def describe(state: CheckState, role: str) -> Line:

@@ -6,6 +6,7 @@ Every flag can also come from the environment (``PGRB_…``; the database URL al
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import psycopg.conninfo
 from prometheus_client import ProcessCollector
 
 from exporter import __version__
@@ -66,11 +68,16 @@ def _database_target(
     if not url:
         # libpq's own environment (PGHOST, PGUSER, PGPASSWORD, PGPASSFILE, …) then applies.
         url = "postgresql://"
-    password = password or os.environ.get("PGPASSWORD")
     try:
-        return parse_database_url(url, password=password)
+        # A password file is explicit and wins; otherwise libpq's own order applies (the URL's
+        # password, then PGPASSWORD, then ~/.pgpass), and PGPASSWORD is only redacted here.
+        target = parse_database_url(url, password=password)
     except DatabaseUrlError as exc:
         _fail_config([f"database URL: {exc}"])
+    env_password = os.environ.get("PGPASSWORD")
+    if env_password:
+        target = dataclasses.replace(target, secrets=(*target.secrets, env_password))
+    return target
 
 
 def _common(options: dict[str, Any]) -> Common:
@@ -272,7 +279,7 @@ def check(**options: Any) -> None:
     scheduler.run_once()
     scheduler.stop()
     snapshot = cache.snapshot()
-    role = os.environ.get("PGUSER") or _role_of(common.target) or "<exporter role>"
+    role = _role_of(common.target) or os.environ.get("PGUSER") or "<exporter role>"
     lines = [describe(state, role) for state in snapshot.states]
     click.echo(format_table(lines))
     failed = sum(x.failed for x in lines)
@@ -282,8 +289,8 @@ def check(**options: Any) -> None:
 
 
 def _role_of(target: DatabaseTarget) -> str | None:
-    user = target.display.split("://", 1)[-1].split("@", 1)[0]
-    return user or None
+    user = psycopg.conninfo.conninfo_to_dict(target.conninfo).get("user")
+    return str(user) if user else None
 
 
 @main.command()
@@ -291,7 +298,7 @@ def _role_of(target: DatabaseTarget) -> str | None:
     "--web.listen-address",
     "listen_address",
     envvar="PGRB_WEB_LISTEN_ADDRESS",
-    default=DEFAULT_LISTEN_ADDRESS,
+    default=f"127.0.0.1{DEFAULT_LISTEN_ADDRESS}",
     show_default=True,
     help="Address to serve on.",
 )

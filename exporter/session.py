@@ -265,12 +265,14 @@ class Session:
             cur.execute(sql.encode(), params)
             return _read(cur, max_rows)
 
+    def _describe(self, exc: BaseException) -> str:
+        """The first line of an error, redacted: safe for logs and metrics' neighbours."""
+        text = str(exc).strip()
+        return redact(text.splitlines()[0] if text else type(exc).__name__, self._target.secrets)
+
     def _error(self, exc: psycopg.Error) -> CheckError:
-        message = redact(
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-            self._target.secrets,
-        )
-        return CheckError(classify(exc), message, sqlstate=getattr(exc, "sqlstate", None))
+        sqlstate = getattr(exc, "sqlstate", None)
+        return CheckError(classify(exc), self._describe(exc), sqlstate=sqlstate)
 
     def _fail(self, exc: BaseException) -> None:
         """Drop the connection and schedule the next attempt with capped, jittered backoff."""
@@ -283,10 +285,7 @@ class Session:
                 "%s: lost the database (%s): %s",
                 self._name,
                 self._target.display,
-                redact(
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    self._target.secrets,
-                ),
+                self._describe(exc),
             )
 
     def close(self) -> None:

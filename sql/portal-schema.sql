@@ -5,7 +5,7 @@
 -- id_mappings has no foreign key to users (the runbook's orphan check exists because of that) and no
 -- unique constraint on the external ids (the runbook's duplicate checks exist because of that).
 -- The three plain indexes on id_mappings and the users primary key are what the
--- id_mappings_integrity check relies on to stay short (docs/checks.md).
+-- id_mappings integrity checks rely on to stay short (docs/checks.md).
 
 -- Prisma Migrate's bookkeeping table, exactly as the schema engine creates it for PostgreSQL.
 CREATE TABLE _prisma_migrations (

@@ -263,7 +263,11 @@ def test_check_command_names_the_grant_a_permission_error_needs(portal_db: Porta
     )
     assert result.returncode == 1
     assert "FAILED (permission)" in result.stdout
-    assert "GRANT SELECT ON id_mappings TO pgrb_exporter;" in result.stdout
+    assert (
+        "psql -d <portal database> -v role=pgrb_exporter -f sql/monitoring-role.sql"
+        "  # SELECT on the columns of id_mappings the checks read" in result.stdout
+    )
+    assert "GRANT SELECT ON" not in result.stdout
     assert "monitor-test-password" not in result.stdout + result.stderr
 
 
