@@ -21,7 +21,7 @@ import click
 import psycopg.conninfo
 from prometheus_client import ProcessCollector
 
-from exporter import __version__
+from exporter import __version__, alertrules
 from exporter import demo as demo_db
 from exporter.cache import ResultCache
 from exporter.checkcmd import describe, format_table
@@ -378,7 +378,27 @@ def demo(listen_address: str, major: int, log_level: str) -> None:
     is_flag=True,
     help="Write nothing; exit 1 when a generated file is out of date.",
 )
-def generate(config: str | None, root: Path, check_only: bool) -> None:
+@click.option(
+    "--alerts.runbook-base-url",
+    "runbook_base_url",
+    default=alertrules.DEFAULT_RUNBOOK_BASE_URL,
+    show_default=True,
+    help="Where the playbooks (docs/alerts/) are served; + <AlertName>.md.",
+)
+@click.option(
+    "--alerts.dashboard-base-url",
+    "dashboard_base_url",
+    default=alertrules.DEFAULT_DASHBOARD_BASE_URL,
+    show_default=True,
+    help="Grafana's /d/ URL; + the board's uid.",
+)
+def generate(
+    config: str | None,
+    root: Path,
+    check_only: bool,
+    runbook_base_url: str,
+    dashboard_base_url: str,
+) -> None:
     """Regenerate docs, alert rules, dashboards and README tables from queries.yaml."""
     from exporter import generate as generated  # noqa: PLC0415
 
@@ -386,10 +406,11 @@ def generate(config: str | None, root: Path, check_only: bool) -> None:
         loaded = load_config(Path(config) if config else None)
     except ConfigError as exc:
         _fail_config(exc.problems)
+    urls = {"runbook_base_url": runbook_base_url, "dashboard_base_url": dashboard_base_url}
     if check_only:
-        drifted = generated.drift(loaded, root=root)
+        drifted = generated.drift(loaded, root=root, **urls)
         for item in drifted:
             click.echo(f"{item.path}: {item.reason}; run `pg-runbook-exporter generate`", err=True)
         sys.exit(1 if drifted else 0)
-    for path in generated.write(loaded, root=root):
+    for path in generated.write(loaded, root=root, **urls):
         click.echo(f"wrote {path}")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter import alertgen, dashgen
+from exporter import alertgen, alertrules, dashgen
 from exporter.config import Config
 from exporter.docgen import metrics_markdown
 
@@ -33,21 +33,32 @@ def replace_section(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
 
 
-def outputs(config: Config, *, root: Path) -> dict[str, str]:
-    """Relative path → content of every generated file, the README included."""
+def outputs(
+    config: Config,
+    *,
+    root: Path,
+    runbook_base_url: str = alertrules.DEFAULT_RUNBOOK_BASE_URL,
+    dashboard_base_url: str = alertrules.DEFAULT_DASHBOARD_BASE_URL,
+) -> dict[str, str]:
+    """Relative path → content of every generated file (the README's tables when it exists)."""
     files = {"docs/metrics.md": metrics_markdown(config)}
-    files.update({f"alerts/{p}": text for p, text in alertgen.generate(config).items()})
+    rules = alertgen.generate(
+        config, runbook_base_url=runbook_base_url, dashboard_base_url=dashboard_base_url
+    )
+    files.update({f"alerts/{p}": text for p, text in rules.items()})
     files.update({f"dashboards/{p}": text for p, text in dashgen.generate(config).items()})
-    readme = (root / README).read_text(encoding="utf-8")
-    readme = replace_section(readme, "alerts", alertgen.alerts_markdown(config))
-    files[README] = replace_section(readme, "dashboards", dashgen.dashboards_markdown(config))
+    readme_path = root / README
+    if readme_path.is_file():  # a checkout; an installed copy writes into a folder without one
+        readme = readme_path.read_text(encoding="utf-8")
+        readme = replace_section(readme, "alerts", alertgen.alerts_markdown(config))
+        files[README] = replace_section(readme, "dashboards", dashgen.dashboards_markdown(config))
     return files
 
 
-def write(config: Config, *, root: Path) -> list[str]:
+def write(config: Config, *, root: Path, **urls: str) -> list[str]:
     """Write every generated file that differs; returns the paths written."""
     written = []
-    for path, content in outputs(config, root=root).items():
+    for path, content in outputs(config, root=root, **urls).items():
         target = root / path
         if not target.is_file() or target.read_text(encoding="utf-8") != content:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,10 +67,10 @@ def write(config: Config, *, root: Path) -> list[str]:
     return written
 
 
-def drift(config: Config, *, root: Path) -> list[Drift]:
+def drift(config: Config, *, root: Path, **urls: str) -> list[Drift]:
     """Generated files that are missing or differ from the generators' output."""
     found = []
-    for path, content in outputs(config, root=root).items():
+    for path, content in outputs(config, root=root, **urls).items():
         target = root / path
         if not target.is_file():
             found.append(Drift(path, "missing"))

@@ -42,3 +42,17 @@ def test_generate_check_fails_on_a_hand_edited_file(tmp_path: Path) -> None:
     subprocess.run(command, check=True, capture_output=True)
     again = subprocess.run([*command, "--check"], capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
+
+
+def test_alert_links_point_where_the_deployment_says(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "exporter", "generate", "--root", str(tmp_path),
+         "--alerts.runbook-base-url", "https://wiki.portal.internal/db/",
+         "--alerts.dashboard-base-url", "https://grafana.portal.internal/d/"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rules = (tmp_path / "alerts" / "pg-runbook-exporter.rules.yml").read_text()
+    assert "runbook_url: https://wiki.portal.internal/db/PostgresDown.md" in rules
+    assert "dashboard_url: https://grafana.portal.internal/d/pgrb-health" in rules
+    assert "example.com" not in rules
+    assert not (tmp_path / "README.md").exists()  # no checkout here: only the generated files
