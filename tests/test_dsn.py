@@ -83,3 +83,16 @@ def test_a_libpq_keyword_string_is_accepted() -> None:
     target = parse_database_url("host=127.0.0.1 port=5433 dbname=portal user=m password=pw")
     assert target.display == "host=127.0.0.1 port=5433 dbname=portal user=m"
     assert target.secrets == ("pw",)
+
+
+def test_the_urls_password_wins_over_pgpassword_which_is_still_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exporter.cli import _database_target  # noqa: PLC0415
+
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+    target = _database_target("postgresql://m:from-url@h/db", None, None)
+    assert psycopg.conninfo.conninfo_to_dict(target.conninfo)["password"] == "from-url"
+    assert {"from-url", "from-env"} <= set(target.secrets)
+    bare = _database_target("postgresql://m@h/db", None, None)
+    assert "password" not in psycopg.conninfo.conninfo_to_dict(bare.conninfo)  # libpq reads it
