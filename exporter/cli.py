@@ -119,7 +119,7 @@ def _database_options(func: Any) -> Any:
             "database_password_file",
             envvar="PGRB_DATABASE_PASSWORD_FILE",
             type=click.Path(dir_okay=False),
-            help="File holding the database password (else PGPASSWORD or ~/.pgpass).",
+            help="File holding the database password (else the URL's, PGPASSWORD or ~/.pgpass).",
         ),
         click.option(
             "--database.connections",
@@ -128,7 +128,8 @@ def _database_options(func: Any) -> Any:
             type=click.IntRange(1, 10),
             default=1,
             show_default=True,
-            help="Connections the exporter may open (one per collection worker).",
+            help="Connections the exporter may open, one per collection worker (the role's "
+            "CONNECTION LIMIT, 5 in sql/monitoring-role.sql, must allow them).",
         ),
         click.option(
             "--log.level",
