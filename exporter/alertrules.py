@@ -140,6 +140,24 @@ RULES: tuple[AlertRule, ...] = (
         runbook_section=_INTEGRITY,
     ),
     _rule(
+        "PgRunbookRoleLacksPgMonitor", "warning", _AVAIL,
+        expr="pgrb_role_in_pg_monitor == 0", for_="15m", threshold="role not in pg_monitor",
+        summary="The exporter's role on {{ $labels.instance }} is not a member of pg_monitor",
+        description="The exporter {{ $labels.instance }} connects as a role outside pg_monitor: "
+        "other roles' sessions show no state or query, so the idle-in-transaction, long-query "
+        "and connection alerts cannot fire, and the WAL and statement checks fail.",
+        runbook_section="Monitoring Queries",
+    ),
+    _rule(
+        "PgRunbookCheckTruncated", "warning", _AVAIL,
+        expr="pgrb_check_truncated == 1", for_="15m", threshold="rows > max_series",
+        summary="Check {{ $labels.check }} drops rows on {{ $labels.instance }}",
+        description="Check {{ $labels.check }} on {{ $labels.instance }} returned more rows than "
+        "its max_series and exports only the first ones: the alerts on the missing series "
+        "cannot fire.",
+        runbook_section="Monitoring Queries",
+    ),
+    _rule(
         "PostgresConnectionsHigh", "warning", _CONN,
         expr=_CONN_EXPR.replace("@", "connections_usage_warning_ratio"), for_="5m",
         threshold="usage ≥ %(connections_usage_warning_ratio:percent)s",
@@ -220,7 +238,10 @@ RULES: tuple[AlertRule, ...] = (
     ),
     _rule(
         "PostgresTableDeadRows", "warning", _MAINT,
+        # the remainder row (other.other) sums many small tables: it names no table to vacuum
         expr="pgrb_table_dead_ratio >= %(dead_ratio_warning)s\n"
+        "unless on(instance, job, schemaname, relname)\n"
+        '  pgrb_table_dead_ratio{schemaname="other", relname="other"}\n'
         "and on(instance, job, schemaname, relname)\n"
         "  pgrb_table_live_rows + pgrb_table_dead_rows >= %(dead_ratio_min_rows)s",
         for_="15m",
@@ -331,23 +352,24 @@ RULES: tuple[AlertRule, ...] = (
         'Full"', dashboard_vars=("datname",),
     ),
     _rule(
+        # Any recorded failure pages: a counter that only rose hours ago is still corruption
+        # nobody has handled, and a warning tier would only duplicate the same page.
         "PostgresChecksumFailures", "critical", _INTEG,
-        expr="increase(pgrb_checksum_failures_total[30m]) > 0", for_="0m",
-        threshold="new checksum failure (30 min)",
+        expr="pgrb_checksum_failures_total > 0", for_="0m", threshold="failures recorded > 0",
         summary="Data checksum failures in {{ $labels.datname }} on {{ $labels.instance }}",
-        description="PostgreSQL on {{ $labels.instance }} found {{ $value | humanize }} new "
-        "data-page checksum failures in database {{ $labels.datname }} (\"\" = shared catalogs) "
-        "in the last 30 minutes: storage is corrupting data.",
+        description="{{ $value }} data-page checksum failures are recorded for database "
+        "{{ $labels.datname }} (\"\" = shared catalogs) on {{ $labels.instance }} since its "
+        "statistics were reset: storage is corrupting data.",
         runbook_section='Emergency Procedures › "Corruption Detected"', dashboard_vars=("datname",),
     ),
     _rule(
-        "PostgresChecksumFailures", "warning", _INTEG,
-        expr="pgrb_checksum_failures_total > 0", for_="0m", threshold="failures recorded > 0",
-        summary="Data checksum failures recorded in {{ $labels.datname }} on "
-        "{{ $labels.instance }}",
-        description="{{ $value }} data-page checksum failures are recorded for database "
-        "{{ $labels.datname }} on {{ $labels.instance }} since its statistics were reset.",
-        runbook_section='Emergency Procedures › "Corruption Detected"', dashboard_vars=("datname",),
+        # PostgreSQL 17 initdb leaves checksums off: without this, the rule above is blind forever.
+        "PostgresDataChecksumsDisabled", "warning", _INTEG,
+        expr="pgrb_data_checksums_enabled == 0", for_="1h", threshold="data checksums off",
+        summary="Data checksums are off on {{ $labels.instance }}",
+        description="The cluster behind {{ $labels.instance }} has no data checksums: corrupted "
+        "data pages are read without error, and PostgresChecksumFailures can never fire.",
+        runbook_section='Emergency Procedures › "Corruption Detected"',
     ),
     _rule(
         "PostgresXidWraparound", "warning", _INTEG,

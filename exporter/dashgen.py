@@ -16,6 +16,7 @@ import yaml
 from exporter.config import Config
 from exporter.dashdetail import (
     ARCHIVING_OFF,
+    CHECKSUMS_OFF,
     CONNECTIONS,
     INTEGRITY,
     MAINTENANCE,
@@ -40,6 +41,7 @@ from exporter.dashpanels import (
     ago,
     alert_colour,
     human,
+    stat,
     table,
     timeseries,
 )
@@ -51,6 +53,7 @@ HEALTH = "pgrb-health"
 EXPORTER = "pgrb-exporter"
 PROVISIONED_PATH = "/var/lib/grafana/dashboards/pg-runbook"
 DATASOURCE_UID = "pgrb-prometheus"
+NO_PG_MONITOR = "PgRunbookRoleLacksPgMonitor"
 
 
 def _oldest(m: Metrics, metric: str, *matchers: str, db: bool = False) -> str:
@@ -239,12 +242,13 @@ def _integrity(m: Metrics) -> tuple[Panel, ...]:
         _tile("Checksum failures",
               (q(f"(sum({m.sel('checksum_failures_total')}) and on() {checksums} == 1) "
                  f"or {checksums} - 1"),),
-              unit="none", link=INTEGRITY, steps=(OK, Step(warn, ANY)),
-              mappings=(Mapping(-1, "checksums off", "blue"),),
+              unit="none", link=INTEGRITY, steps=(OK, Step(crit, ANY)),
+              mappings=(Mapping(-1, "checksums off", alert_colour(CHECKSUMS_OFF)),),
               what="Data-page checksum failures recorded since the statistics were reset (the "
-                   "critical alert fires on a new one); \"checksums off\" when the cluster "
+                   "critical alert fires on any); \"checksums off\" when the cluster "
                    "cannot detect them.",
-              runbook='"Corruption Detected"', alerts=("PostgresChecksumFailures",)),
+              runbook='"Corruption Detected"',
+              alerts=("PostgresChecksumFailures", CHECKSUMS_OFF)),
     )  # fmt: skip
 
 
@@ -261,11 +265,19 @@ def exporter_board(m: Metrics) -> Board:
                 m.sel("check_series"), m.sel("check_truncated")),
                ("succeeded", "duration", "since success", "interval", "series", "truncated"),
                units=(("duration", "s"), ("since success", "s"), ("interval", "s")),
-               alerts=("PgRunbookCheckFailing",), height=10, runbook=runbook, ascending=True,
+               alerts=("PgRunbookCheckFailing", "PgRunbookCheckTruncated"), height=10,
+               runbook=runbook, ascending=True,
                what="Each check's last run: succeeded (1) or failed (0), duration, time since "
-                    "its last success, interval, series exported and truncation (1)."),
+                    "its last success, interval, series exported and truncation (1: rows over "
+                    "max_series were dropped)."),
+        stat("Role in pg_monitor", q(m.sel("role_in_pg_monitor")), unit="none", width=6,
+             alerts=(NO_PG_MONITOR,),
+             mappings=(Mapping(1, "yes", "green"), Mapping(0, "no", alert_colour(NO_PG_MONITOR))),
+             what="Is the exporter's role a member of pg_monitor? Without it other roles' "
+                  "sessions show no state or query, and the WAL and statement checks fail.",
+             runbook=runbook),
         table("Skipped checks (now)", (m.sel("check_skipped"),), ("skipped",),
-               alerts=("PgRunbookCheckSkipped",), height=6, runbook=runbook,
+               alerts=("PgRunbookCheckSkipped",), height=8, width=18, runbook=runbook,
                empty="every check can run on this server",
                what="Checks that cannot run on this server, and why (reason): version (no SQL for "
                     "this PostgreSQL major), standby (primary only), extension (not created, e.g. "
@@ -340,12 +352,12 @@ def provisioning() -> dict[str, str]:
         "apiVersion": 1,
         "datasources": [
             {
-                "name": "Prometheus",
+                # not "Prometheus": provisioning must not clash with an existing datasource
+                "name": "pg-runbook Prometheus",
                 "type": "prometheus",
                 "uid": DATASOURCE_UID,
                 "access": "proxy",
                 "url": "http://localhost:9090",
-                "isDefault": True,
                 "editable": False,
                 # timeInterval is Prometheus's scrape_interval: $__rate_interval is derived from it
                 "jsonData": {"timeInterval": "15s", "httpMethod": "POST"},
@@ -360,8 +372,8 @@ def provisioning() -> dict[str, str]:
         + f"# Copy dashboards/*.json to {PROVISIONED_PATH}.\n"
         + yaml.safe_dump(dashboards, sort_keys=False),
         "provisioning/datasources/pg-runbook-prometheus.yaml": header
-        + "# Point url at your Prometheus and timeInterval at its scrape_interval; drop\n"
-        + "# isDefault if another datasource is already the default.\n"
+        + "# Point url at your Prometheus and timeInterval at its scrape_interval. The boards\n"
+        + "# select it by uid through their datasource variable; it is not made the default.\n"
         + yaml.safe_dump(datasources, sort_keys=False),
     }
 

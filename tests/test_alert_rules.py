@@ -136,6 +136,29 @@ def examples(config: Config) -> list[Example]:
         {'pgrb_check_skipped{check="statements",reason="extension"}': "1x30"},
         "20m",
     )
+    add(
+        "PgRunbookRoleLacksPgMonitor",
+        "not a member",
+        {"pgrb_role_in_pg_monitor": "0x30"},
+        "20m",
+        Fired("warning", 0),
+    )
+    add("PgRunbookRoleLacksPgMonitor", "member", {"pgrb_role_in_pg_monitor": "1x30"}, "20m")
+    add(
+        "PgRunbookRoleLacksPgMonitor",
+        "revoked 10 minutes ago",
+        {"pgrb_role_in_pg_monitor": "1x10 0x20"},
+        "20m",
+    )
+    truncated = 'pgrb_check_truncated{check="table_stats"}'
+    add(
+        "PgRunbookCheckTruncated",
+        "truncated",
+        {truncated: "1x30"},
+        "20m",
+        Fired("warning", 1, {"check": "table_stats"}),
+    )
+    add("PgRunbookCheckTruncated", "complete", {truncated: "0x30"}, "20m")
 
     # connections
     warn, crit = s["connections_usage_warning_ratio"], s["connections_usage_critical_ratio"]
@@ -254,6 +277,29 @@ def examples(config: Config) -> list[Example]:
             "20m",
             *fires,
         )
+    remainder = '{schemaname="other",relname="other"}'
+    add(
+        "PostgresTableDeadRows",
+        "remainder row of many small tables",
+        {
+            f"pgrb_table_dead_ratio{remainder}": _const(0.5, 30),
+            f"pgrb_table_dead_rows{remainder}": _const(rows, 30),
+            f"pgrb_table_live_rows{remainder}": _const(rows, 30),
+        },
+        "20m",
+    )
+    public_other = '{schemaname="public",relname="other"}'
+    add(
+        "PostgresTableDeadRows",
+        "a real table named other",
+        {
+            f"pgrb_table_dead_ratio{public_other}": _const(0.5, 30),
+            f"pgrb_table_dead_rows{public_other}": _const(rows, 30),
+            f"pgrb_table_live_rows{public_other}": _const(rows, 30),
+        },
+        "20m",
+        Fired("warning", 0.5, {"schemaname": "public", "relname": "other"}),
+    )
     vac, at = s["vacuum_max_age_seconds"], s["vacuum_max_age_seconds"] + 3600
     steps = int(at // 900)
     for name, vacuum_age, dead, fires in (
@@ -380,10 +426,10 @@ def examples(config: Config) -> list[Example]:
     add("PostgresChecksumFailures", "none", {failures: "0x60"}, "60m")
     add(
         "PostgresChecksumFailures",
-        "old failures",
+        "old failures, still a page",
         {failures: "2x60"},
         "60m",
-        Fired("warning", 2, {"datname": "portal"}),
+        Fired("critical", 2, {"datname": "portal"}),
     )
     add(
         "PostgresChecksumFailures",
@@ -391,7 +437,20 @@ def examples(config: Config) -> list[Example]:
         {failures: "0x40 1x19"},
         "50m",
         Fired("critical", 1, {"datname": "portal"}),
-        Fired("warning", 1, {"datname": "portal"}),
+    )
+    add(
+        "PostgresDataChecksumsDisabled",
+        "off",
+        {"pgrb_data_checksums_enabled": "0x100"},
+        "90m",
+        Fired("warning", 0),
+    )
+    add("PostgresDataChecksumsDisabled", "on", {"pgrb_data_checksums_enabled": "1x100"}, "90m")
+    add(
+        "PostgresDataChecksumsDisabled",
+        "off for 50 minutes",
+        {"pgrb_data_checksums_enabled": "1x40 0x60"},
+        "90m",
     )
     warn, crit = s["xid_age_warning"], s["xid_age_critical"]
     xid_cases: tuple[tuple[str, float, float, tuple[tuple[str, str, float], ...]], ...] = (

@@ -446,6 +446,8 @@ def test_provisioning_files_point_grafana_at_the_boards_and_a_prometheus(config:
     (source,) = sources["datasources"]
     assert source["type"] == "prometheus" and source["uid"] == dashgen.DATASOURCE_UID
     assert source["jsonData"]["timeInterval"]  # what $__rate_interval is derived from
+    # provisioning next to an existing Prometheus datasource neither clashes nor takes its default
+    assert source["name"] != "Prometheus" and not source.get("isDefault", False)
 
 
 def test_markdown_lists_every_board_its_question_and_its_panels(config: Config) -> None:
