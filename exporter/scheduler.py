@@ -79,6 +79,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self._crashed: set[str] = set()
         start = clock()
         for check in config.checks:
             heapq.heappush(self._queue, (start, next(self._order), check))
@@ -98,9 +99,11 @@ class Scheduler:
             self._cond.notify_all()
         for session in self._sessions:
             session.cancel()
-        for thread in self._threads:
-            thread.join(timeout)
-        for session in self._sessions:
+        for index, session in enumerate(self._sessions):
+            if index < len(self._threads):
+                self._threads[index].join(timeout)
+                if self._threads[index].is_alive():
+                    continue  # closing a connection its thread still uses is unsafe; exit ends it
             session.close()
 
     def run_once(self) -> None:
@@ -135,8 +138,15 @@ class Scheduler:
             try:
                 self._run(session, check)
                 self._cache.publish()
-            except Exception:  # a bug must not kill collection; log it once per occurrence
-                logger.exception("check %s: unexpected error", check.name)
+            except Exception:  # a bug must not kill collection, nor log a traceback every run
+                first = check.name not in self._crashed
+                self._crashed.add(check.name)
+                logger.log(
+                    logging.ERROR if first else logging.DEBUG,
+                    "check %s: unexpected error",
+                    check.name,
+                    exc_info=first,
+                )
             finally:
                 self._requeue(check, started)
 
