@@ -330,7 +330,7 @@ RULES: tuple[AlertRule, ...] = (
         expr="pgrb_replication_slot_retained_wal_bytes > %(wal_directory_budget_bytes)s",
         for_="5m", threshold="slot retains > %(wal_directory_budget_bytes:bytes)s",
         summary="Slot {{ $labels.slot_name }} retains {{ $value | humanize1024 }}B of WAL",
-        description="Replication slot {{ $labels.slot_name }} (active: {{ $labels.active }}) on "
+        description="Replication slot {{ $labels.slot_name }} ({{ $labels.slot_type }}) on "
         "{{ $labels.instance }} keeps {{ $value | humanize1024 }}B of WAL from being removed, "
         "over the pg_wal budget of %(wal_directory_budget_bytes:bytes)s.",
         runbook_section='Emergency Procedures › "Disk Space Full"',

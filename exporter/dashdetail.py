@@ -293,7 +293,7 @@ def storage_board(m: Metrics) -> Board:
            runbook='"Disk Space Full" › "Clear transaction logs"'),
         ts("WAL retained by replication slots",
            (q(m.sel("replication_slot_retained_wal_bytes"),
-              "{{slot_name}} ({{slot_type}}, active={{active}})"),), unit="bytes",
+              "{{slot_name}} ({{slot_type}})"),), unit="bytes",
            steps=(OK, m.step(WARN, "wal_directory_budget_bytes")),
            alerts=("PostgresReplicationSlotRetainingWal",),
            what="WAL each replication slot keeps from being removed.",

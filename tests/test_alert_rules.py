@@ -381,8 +381,8 @@ def examples(config: Config) -> list[Example]:
         {"pgrb_wal_directory_size_bytes": _const(budget, 20)},
         "10m",
     )
-    slot = '{slot_name="standby1",slot_type="physical",active="false"}'
-    slabels = {"slot_name": "standby1", "slot_type": "physical", "active": "false"}
+    slot = '{slot_name="standby1",slot_type="physical"}'
+    slabels = {"slot_name": "standby1", "slot_type": "physical"}
     add(
         "PostgresReplicationSlotRetainingWal",
         "over",

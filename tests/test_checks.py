@@ -341,3 +341,16 @@ def test_statements_of_dropped_databases_do_not_break_the_check(db: PortalDb) ->
     scrape = collect_once(db.monitor_dsn, configured(only=["statements"]))
     assert scrape.value("pgrb_check_success", check="statements") == 1
     assert all(dict(labels)["datname"] for labels in scrape.series("pgrb_statement_calls_total"))
+
+
+def test_a_replication_slot_nobody_reads_is_inactive_and_retains_wal(db: PortalDb) -> None:
+    slot = f"{db.name}_slot"
+    db.server.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+    try:
+        scrape = collect_once(db.monitor_dsn, configured(only=["replication_slots"]))
+        assert scrape.value("pgrb_replication_slot_active", slot_name=slot) == 0
+        assert scrape.value("pgrb_replication_slot_retained_wal_bytes", slot_name=slot) >= 0
+        labels = set(dict(next(iter(scrape.series("pgrb_replication_slot_active")))))
+        assert labels == {"slot_name", "slot_type"}  # active is the value, never a label
+    finally:
+        db.server.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
