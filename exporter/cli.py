@@ -91,6 +91,16 @@ def _common(options: dict[str, Any]) -> Common:
     return Common(config=config, target=target, connections=options["connections"])
 
 
+_log_level_option = click.option(
+    "--log.level",
+    "log_level",
+    envvar="PGRB_LOG_LEVEL",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+)
+
+
 def _database_options(func: Any) -> Any:
     decorators = [
         click.option(
@@ -131,14 +141,7 @@ def _database_options(func: Any) -> Any:
             help="Connections the exporter may open, one per collection worker (the role's "
             "CONNECTION LIMIT, 5 in sql/monitoring-role.sql, must allow them).",
         ),
-        click.option(
-            "--log.level",
-            "log_level",
-            envvar="PGRB_LOG_LEVEL",
-            default="info",
-            type=click.Choice(["debug", "info", "warning", "error"]),
-            show_default=True,
-        ),
+        _log_level_option,
         click.option(
             "--log.format",
             "log_format",
@@ -311,14 +314,7 @@ def _role_of(target: DatabaseTarget) -> str | None:
     show_default=True,
     help="PostgreSQL major of the throwaway server.",
 )
-@click.option(
-    "--log.level",
-    "log_level",
-    envvar="PGRB_LOG_LEVEL",
-    default="info",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    show_default=True,
-)
+@_log_level_option
 def demo(listen_address: str, major: int, log_level: str) -> None:
     """Run the exporter against a throwaway, seeded portal database (Ctrl-C cleans up)."""
     from exporter.pgbinaries import BinariesUnavailable  # noqa: PLC0415
