@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from exporter.throwaway import ThrowawayServer
+from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import exporter
+import pg_runbook_exporter
 
 ORDER = ("pgrb", "qe", "pge", "fixed")
 LABELS = {
@@ -28,7 +28,8 @@ METHOD = [
     "## Method",
     "",
     "One throwaway PostgreSQL (pg_stat_statements loaded) holds the portal schema"
-    " (`sql/portal-schema.sql`) seeded with the rows above. Each exporter connects as its own"
+    " (`pg_runbook_exporter/sql/portal-schema.sql`) seeded with the rows above. Each exporter"
+    " connects as its own"
     " login role in `pg_monitor`, so pg_stat_statements tells their statements apart;"
     " query-exporter runs the checks of `queries.yaml` (one query per check, generated at run"
     " time). The ceiling is an asyncio server answering every request with a captured response"
@@ -72,7 +73,7 @@ def environment(major: int) -> dict[str, str]:
         "machine": f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB, "
         f"Linux {platform.release()}",
         "python": platform.python_version(),
-        "pg-runbook-exporter": exporter.__version__,
+        "pg-runbook-exporter": pg_runbook_exporter.__version__,
         "postgres_exporter": _version(
             ["prometheus-postgres-exporter", "--version"], r"version (\S+)"
         ),

@@ -1,7 +1,7 @@
 """Seed the portal schema at a chosen scale, with integrity faults whose counts are known.
 
 Row values are derived from the columns the schema actually has (read from the catalog), so the
-seeder follows `sql/portal-schema.sql` as it changes instead of repeating it.
+seeder follows `pg_runbook_exporter/sql/portal-schema.sql` as it changes instead of repeating it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import psycopg
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "sql" / "portal-schema.sql"
+SCHEMA_FILE = (
+    Path(__file__).resolve().parent.parent / "pg_runbook_exporter" / "sql" / "portal-schema.sql"
+)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class Seeded:
 
 
 def load_schema(dsn: str) -> None:
-    """Create the portal tables from sql/portal-schema.sql, and pg_stat_statements."""
+    """Create the portal tables from the shipped portal-schema.sql, and pg_stat_statements."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_FILE.read_text().encode())
         conn.execute(b"CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

@@ -83,7 +83,7 @@ def cpu_seconds(pid: int) -> float:
 
 def this_exporter(*, dsn: str, queries: Path, port: int) -> Spec:
     cli = shutil.which("pg-runbook-exporter")
-    base = (cli,) if cli else (sys.executable, "-m", "exporter")
+    base = (cli,) if cli else (sys.executable, "-m", "pg_runbook_exporter")
     return Spec(
         name="pgrb",
         label="pg-runbook-exporter",

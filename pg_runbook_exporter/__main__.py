@@ -1,0 +1,3 @@
+from pg_runbook_exporter.cli import main
+
+main()

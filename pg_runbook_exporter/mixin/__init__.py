@@ -1,0 +1,1 @@
+"""The generators `generate` runs: alert rules, dashboards, docs; never imported when serving."""

@@ -1,0 +1,1 @@
+"""Throwaway PostgreSQL servers and their binaries, for the demo; never imported when serving."""

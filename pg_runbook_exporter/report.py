@@ -1,0 +1,70 @@
+"""`pg-runbook-exporter check`: run every check once and print what happened, with fixes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pg_runbook_exporter.session import Reason
+from pg_runbook_exporter.state import CheckState
+
+_DENIED = re.compile(r"permission denied for (table|relation|view|function|schema) (\S+)")
+# Server functions the pg_monitor role (through pg_read_server_files-free grants) may call.
+_MONITOR_FUNCTIONS = ("pg_ls_waldir", "pg_ls_archive_statusdir", "pg_stat_statements")
+
+
+@dataclass(frozen=True)
+class Line:
+    check: str
+    status: str
+    duration_ms: str
+    series: str
+    failed: bool
+    fix: str | None
+
+
+def grant_for(message: str, role: str) -> str | None:
+    """The GRANT that fixes a permission error, when the message names the object."""
+    match = _DENIED.search(message)
+    if match is None:
+        if any(f in message for f in _MONITOR_FUNCTIONS) or "pg_monitor" in message:
+            return f"GRANT pg_monitor TO {role};"
+        return None
+    kind, name = match.groups()
+    if kind == "function" and name in _MONITOR_FUNCTIONS:
+        return f"GRANT pg_monitor TO {role};"
+    if kind == "function":
+        return f"GRANT EXECUTE ON FUNCTION {name} TO {role};  -- or GRANT pg_monitor TO {role};"
+    if kind == "schema":
+        return f"GRANT USAGE ON SCHEMA {name} TO {role};"
+    # Never a table-wide SELECT: users holds e-mails and password hashes. The role script grants
+    # only the columns the checks read.
+    return (
+        f"psql -d <portal database> -v role={role} -f pg_runbook_exporter/sql/monitoring-role.sql"
+        f"  # SELECT on the columns of {name} the checks read"
+    )
+
+
+def describe(state: CheckState, role: str) -> Line:
+    duration = f"{state.duration * 1000:.1f}" if state.duration is not None else "-"
+    series = str(state.samples.series) if state.samples and state.success else "-"
+    if state.skipped is not None:
+        return Line(state.check.name, f"skipped ({state.skipped})", "-", "-", False, None)
+    if state.success:
+        return Line(state.check.name, "ok", duration, series, False, None)
+    reason, _, message = (state.last_error or "other: unknown error").partition(": ")
+    fix = grant_for(message, role) if reason == Reason.PERMISSION else None
+    return Line(state.check.name, f"FAILED ({reason}): {message}", duration, series, True, fix)
+
+
+def format_table(lines: list[Line]) -> str:
+    header = ("CHECK", "STATUS", "MS", "SERIES")
+    rows = [header] + [(x.check, x.status, x.duration_ms, x.series) for x in lines]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    out = []
+    for row in rows:
+        out.append(f"{row[0]:<{widths[0]}}  {row[2]:>{widths[2]}}  {row[3]:>6}  {row[1]}")
+    fixes = sorted({x.fix for x in lines if x.fix})
+    if fixes:
+        out += ["", "Missing privileges; as a superuser run:"] + [f"  {fix}" for fix in fixes]
+    return "\n".join(out)

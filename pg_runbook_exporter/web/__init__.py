@@ -1,0 +1,1 @@
+"""The HTTP side: server, connections, the exporter-toolkit web config; nothing of PostgreSQL."""
