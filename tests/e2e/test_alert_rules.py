@@ -21,12 +21,14 @@ from typing import Any
 import yaml
 
 from pg_runbook_exporter.config import Config, load_config
-from pg_runbook_exporter.mixin import alertgen, alertrules
+from pg_runbook_exporter.mixin import alertgen
+from pg_runbook_exporter.mixin.alertrules import RULES_FILE, rules
+from pg_runbook_exporter.mixin.options import DEFAULT_JOB
 from tests.support.stack import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "alerts" / alertrules.RULES_FILE
-INSTANCE = {"instance": "db1:9819", "job": alertrules.JOB}
+RULES = REPO / "alerts" / RULES_FILE
+INSTANCE = {"instance": "db1:9819", "job": DEFAULT_JOB}
 GIB = 1024**3
 
 
@@ -66,7 +68,8 @@ def _const(value: float, steps: int = 60) -> str:
 
 
 def examples(config: Config) -> list[Example]:
-    s = dict(alertgen.thresholds(config))
+    used = {name for rule in rules() for name in alertgen.settings_used(rule)}
+    s = {name: float(config.setting(name)) for name in used}  # type: ignore[arg-type]
     ex: list[Example] = []
 
     def add(
@@ -92,7 +95,7 @@ def examples(config: Config) -> list[Example]:
         "absent",
         {},
         "10m",
-        Fired("critical", 1, {"job": alertrules.JOB}, bare=True),
+        Fired("critical", 1, {"job": DEFAULT_JOB}, bare=True),
         raw_series={'up{job="node",instance="n1:9100"}': "1x20"},
     )
     add("PgRunbookExporterAbsent", "present", {}, "10m", raw_series={_series("up"): "1x20"})
@@ -358,7 +361,7 @@ def examples(config: Config) -> list[Example]:
     ):
         series = {on_off: archiving, role: standby}
         add("PostgresWalArchivingDisabled", name, series, "30m", *fires)
-    standby_db = f'{{instance="db2:9819",job="{alertrules.JOB}"}}'
+    standby_db = f'{{instance="db2:9819",job="{DEFAULT_JOB}"}}'
     add(
         "PostgresWalArchivingDisabled",
         "off on a primary and its standby, each matched to its own role",
@@ -671,7 +674,7 @@ EXAMPLES = examples(CONFIG)
 
 
 def test_every_rule_has_a_firing_and_a_silent_example() -> None:
-    for rule in alertrules.RULES:
+    for rule in rules():
         mine = [e for e in EXAMPLES if e.alert == rule.name]
         firing = [e for e in mine if any(f.severity == rule.severity for f in e.fires)]
         silent = [e for e in mine if all(f.severity != rule.severity for f in e.fires)]
