@@ -1,5 +1,5 @@
-"""Everything derived from queries.yaml and alerts.yaml: docs, alert rules, dashboards, the
-README's tables.
+"""Everything derived from queries.yaml and alerts.yaml: docs, alert rules and their promtool tests,
+dashboards, the README's tables.
 
 ``pg-runbook-exporter generate`` writes these files; ``--check`` (and the test suite) fails when a
 committed file differs from what the generators produce, so nothing drifts from the checks.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertgen, dashgen, docgen
+from pg_runbook_exporter.mixin import alertgen, dashgen, docgen, ruletests
 from pg_runbook_exporter.mixin.options import MixinOptions
 
 README = "README.md"
@@ -24,6 +24,7 @@ Generator = Callable[[Config, MixinOptions], Mapping[str, str]]
 GENERATORS: tuple[tuple[str, Generator], ...] = (
     ("docs", docgen.generate),
     ("alerts", alertgen.generate),
+    ("alerts", ruletests.generate),
     ("dashboards", dashgen.generate),
 )
 # (section of the README between <!-- begin NAME --> and <!-- end NAME -->, its Markdown)

@@ -87,7 +87,7 @@ def _equalities(selector: Any) -> dict[str, str]:
 SELECTOR = {"cluster": "eu1", "env": "prod"}
 
 
-def test_job_and_selector_reach_the_rules_and_the_boards(tmp_path: Path) -> None:
+def test_job_and_selector_reach_the_rules_their_tests_and_the_boards(tmp_path: Path) -> None:
     done = _generate(
         tmp_path, "--mixin.job", "portal-db", "--mixin.selector", 'cluster="eu1", env="prod"'
     )
@@ -102,6 +102,13 @@ def test_job_and_selector_reach_the_rules_and_the_boards(tmp_path: Path) -> None
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules())} rules found" in checked.stdout
+    tests = sorted((alerts / "tests").glob("*.test.yml"))
+    assert len(tests) == 3
+    tested = subprocess.run(
+        [promtool, "test", "rules", *map(str, tests)], capture_output=True, text=True, check=False
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
     document = yaml.safe_load((alerts / RULES_FILE).read_text(encoding="utf-8"))
     exprs = [rule["expr"] for group in document["groups"] for rule in group["rules"]]
     assert len(exprs) == len(rules())
@@ -114,6 +121,17 @@ def test_job_and_selector_reach_the_rules_and_the_boards(tmp_path: Path) -> None
                 ups += 1
                 assert labels["job"] == "portal-db", expr
     assert ups == 2  # PgRunbookExporterDown and PgRunbookExporterAbsent
+    for path in sorted(tests):
+        for test in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
+            for series in test["input_series"]:
+                (selector,) = _selectors(series["series"])
+                labels = _equalities(selector)
+                assert SELECTOR.items() <= labels.items(), series
+                # one example adds a target of another job that must not count as the exporter
+                assert labels["job"] == "portal-db" or test["name"].startswith(
+                    "PgRunbookExporterAbsent"
+                ), series
+
     queries = 0
     for board_path in sorted((tmp_path / "dashboards").glob("*.json")):
         board = json.loads(board_path.read_text(encoding="utf-8"))
