@@ -2,16 +2,19 @@
 temporary files and logs, maintenance in progress, invalid indexes, sequences, pending restarts.
 
 The data-volume panels read node_exporter's series, selected by its job and the data volume's
-mountpoint (generate-time settings): node_exporter's ``instance`` is its own host:port, so they
-are not narrowed by the board's ``$instance`` (docs/alerts/README.md ties the two).
+mountpoint (``generate --mixin.node-job``, ``--mixin.node-mountpoint``): node_exporter's
+``instance`` is its own host:port, so they are not narrowed by the board's ``$instance``
+(docs/alerts/README.md ties the two).
 """
 
 from __future__ import annotations
 
-import logging
-
 from pg_runbook_exporter.mixin.dashpanels import (
+    ANY,
+    INFO,
+    OK,
     RATE,
+    WARN,
     Metrics,
     Query,
     Row,
@@ -22,29 +25,23 @@ from pg_runbook_exporter.mixin.dashpanels import (
     timeseries,
 )
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_NODE_JOB = "node"
-DEFAULT_NODE_MOUNTPOINT = "/var/lib/postgresql"
 # node_exporter's metrics the boards and rules read (they are not the exporter's)
 NODE_METRICS = ("node_filesystem_avail_bytes", "node_filesystem_size_bytes")
 VOLUME = "{{instance}} {{mountpoint}}"
 SEQUENCE = "{{schemaname}}.{{sequencename}} → {{relname}}.{{attname}}"
 RUNNING = "{{command}} {{schemaname}}.{{relname}} (pid {{pid}})"
+DISK_ALERT = "PostgresDiskSpaceLow"
 
 
-def node_selector(job: str = DEFAULT_NODE_JOB, mountpoint: str = DEFAULT_NODE_MOUNTPOINT) -> str:
-    """The label matchers of the data volume's node_exporter series."""
-    return f'job="{job}", mountpoint="{mountpoint}"'
-
-
-def volume_rows(m: Metrics, *, node: str) -> tuple[Row, ...]:
+def volume_rows(m: Metrics) -> tuple[Row, ...]:
+    """The data volume (``m.node``: generate's --mixin.node-job and --mixin.node-mountpoint)."""
+    node = m.node
     avail, size = (f"{name}{{{node}}}" for name in NODE_METRICS)
     horizon = m.number("disk_full_forecast_seconds")
     empty = f"node_exporter's series ({node}) are not scraped"
     volume = (
         timeseries("Data volume free space", (Query(f"{avail} / {size}", VOLUME),),
-                   unit="percentunit", width=8, empty=empty,
+                   unit="percentunit", width=8, empty=empty, alerts=(DISK_ALERT,),
                    steps=(Step("orange"), Step("green", m.setting("disk_free_warning_ratio"),
                                                "disk_free_warning_ratio")),
                    what="Free space of the volume holding the data directory, as node_exporter "
@@ -53,6 +50,7 @@ def volume_rows(m: Metrics, *, node: str) -> tuple[Row, ...]:
         timeseries(f"Data volume free space in {horizon} s (forecast)",
                    (Query(f"predict_linear({avail}[6h], {horizon})", VOLUME),), unit="bytes",
                    width=8, empty=empty, steps=(Step("red"), Step("green", 0.0)),
+                   alerts=(DISK_ALERT,),
                    what="Free space disk_full_forecast_seconds ahead at the rate of the last 6 "
                         "hours; red below zero: the volume fills up before then.",
                    runbook='"Disk Space Full"'),
@@ -93,31 +91,44 @@ def maintenance_rows(m: Metrics) -> tuple[Row, ...]:
               ("running for", "phase progress", "sessions waiting"),
               units=(("running for", "s"), ("phase progress", "percentunit")), width=16,
               empty="no VACUUM, CLUSTER, CREATE INDEX or REINDEX is running", runbook=runbook,
+              alerts=("PostgresMaintenanceRunning",),
               what="Commands in pg_stat_progress_vacuum, _cluster and _create_index: backend, "
                    "table, command, phase, the progress of the phase and the sessions waiting "
                    "for its locks."),
         stat("Settings waiting for a restart", Query(m.sel("settings_pending_restart")),
              unit="none", width=8, runbook='"Database Unresponsive" › restart',
+             steps=(OK, Step(INFO, ANY)), alerts=("PostgresSettingsPendingRestart",),
              what="Settings changed and reloaded that apply only at the next restart "
                   "(pg_settings.pending_restart)."),
+        timeseries("Maintenance commands running",
+                   (Query(f"count by (command) ({m.sel('maintenance_running')})", "{{command}}"),),
+                   unit="short", width=12, stacked=True, alerts=("PostgresMaintenanceRunning",),
+                   empty="no maintenance command is running", runbook=runbook,
+                   what="When VACUUM, VACUUM FULL, CLUSTER, CREATE INDEX and REINDEX ran, and how "
+                        "many at once (the alert leaves autovacuum out)."),
         timeseries("Sessions waiting for maintenance",
                    (Query(m.sel("maintenance_blocked_sessions"), RUNNING),), unit="short",
-                   width=24, empty="no maintenance command is running", runbook='"Lock Monitoring"',
-                   what="Lock waiters whose pg_blocking_pids() name a maintenance command."),
+                   width=12, empty="no maintenance command is running", runbook='"Lock Monitoring"',
+                   alerts=("PostgresLockWait", "PostgresSessionsBlocked"),
+                   what="Lock waiters whose pg_blocking_pids() name a maintenance command: the "
+                        "lock alerts name it."),
     )  # fmt: skip
     invalid = (
         stat("Invalid indexes", Query(m.or_zero(f"sum({m.sel('invalid_indexes')})",
                                                 "invalid_indexes")),
-             unit="none", width=6, runbook='"Index Maintenance"',
+             unit="none", width=6, runbook='"Index Maintenance"', steps=(OK, Step(WARN, ANY)),
+             alerts=("PostgresInvalidIndex",),
              what="Indexes left invalid by a failed concurrent build (builds running excluded)."),
         table("Invalid indexes (now)", (m.sel("invalid_indexes"),), ("indexes",), width=18,
               height=8, empty="no index is invalid", runbook='"Index Maintenance"',
+              alerts=("PostgresInvalidIndex",),
               what="Each invalid index by schema, table and name (other.other.other counts those "
                    f"past the first {m.number('top_n_invalid_indexes')})."),
     )  # fmt: skip
     sequences = (
         timeseries("Sequences: range used", (Query(m.sel("sequence_used_ratio"), SEQUENCE),),
-                   unit="percentunit", width=12,
+                   unit="percentunit", width=12, alerts=("PostgresSequenceNearExhaustion",),
+                   steps=(OK, m.step(WARN, "sequence_used_warning_ratio")),
                    what="last_value over the smaller of the sequence's and its column's maximum, "
                         f"for the {m.number('top_n_sequences')} fullest.",
                    runbook='"PostgreSQL Maintenance"'),
@@ -125,6 +136,7 @@ def maintenance_rows(m: Metrics) -> tuple[Row, ...]:
               (m.sel("sequence_used_ratio"), m.sel("sequence_remaining_values")),
               ("range used", "values left"), units=(("range used", "percentunit"),), width=8,
               height=8, runbook='"PostgreSQL Maintenance"',
+              alerts=("PostgresSequenceNearExhaustion",),
               what="The fullest sequences, the column each feeds and the values it has left."),
         stat("Sequences the exporter cannot read",
              Query(m.or_zero(f"sum({m.sel('sequences_unreadable')})", "sequences_unreadable")),

@@ -8,7 +8,7 @@ empty on a healthy database says so (``empty``); the end-to-end test seeds the f
 
 from __future__ import annotations
 
-from pg_runbook_exporter.mixin.dashcapacity import maintenance_rows, node_selector, volume_rows
+from pg_runbook_exporter.mixin.dashcapacity import maintenance_rows, volume_rows
 from pg_runbook_exporter.mixin.dashpanels import (
     ANY,
     CRIT,
@@ -301,9 +301,8 @@ def storage_board(m: Metrics) -> Board:
         STORAGE, "PostgreSQL runbook: sizes, WAL and archiving",
         "How big are the databases and tables and how fast do they grow, is WAL archived in time "
         "for point-in-time recovery, and what fills pg_wal?",
-        (*volume_rows(m, node=node_selector())[:1], Row("Database and table sizes", size),
-         Row("WAL archiving", archive), Row("pg_wal and replication slots", disk),
-         *volume_rows(m, node=node_selector())[1:]),
+        (*volume_rows(m)[:1], Row("Database and table sizes", size), Row("WAL archiving", archive),
+         Row("pg_wal and replication slots", disk), *volume_rows(m)[1:]),
     )  # fmt: skip
 
 
