@@ -20,6 +20,7 @@ from pg_runbook_exporter.mixin.dashpanels import (
     Row,
     Step,
     ago,
+    human,
     stat,
     table,
     timeseries,
@@ -38,6 +39,7 @@ def volume_rows(m: Metrics) -> tuple[Row, ...]:
     node = m.node
     avail, size = (f"{name}{{{node}}}" for name in NODE_METRICS)
     horizon = m.number("disk_full_forecast_seconds")
+    ahead = human(m.setting("disk_full_forecast_seconds"), "s")
     empty = f"node_exporter's series ({node}) are not scraped"
     volume = (
         timeseries("Data volume free space", (Query(f"{avail} / {size}", VOLUME),),
@@ -47,7 +49,7 @@ def volume_rows(m: Metrics) -> tuple[Row, ...]:
                    what="Free space of the volume holding the data directory, as node_exporter "
                         "sees it (PostgreSQL cannot); orange below disk_free_warning_ratio.",
                    runbook='"Disk Space Full" › "Check disk usage"'),
-        timeseries(f"Data volume free space in {horizon} s (forecast)",
+        timeseries(f"Data volume free space in {ahead} (forecast)",
                    (Query(f"predict_linear({avail}[6h], {horizon})", VOLUME),), unit="bytes",
                    width=8, empty=empty, steps=(Step("red"), Step("green", 0.0)),
                    alerts=(DISK_ALERT,),
