@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from tests.conftest import PortalDb
 from tests.support.collect import collect_once, configured, wait_for
-from tests.support.sessions import Sessions
+from tests.support.sessions import Sessions, fail_unique_build, park_a_build
 
 CHECKS = ["maintenance_progress", "invalid_indexes"]
 UNIQUE = "id_mappings_whmcs_client_id_key"
@@ -41,30 +40,7 @@ def sessions(db: PortalDb) -> Iterator[Sessions]:
 
 
 def build_unique_index(db: PortalDb) -> None:
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        db.server.execute(
-            f"CREATE UNIQUE INDEX CONCURRENTLY {UNIQUE} ON id_mappings (whmcs_client_id)",
-            dbname=db.name,
-        )
-
-
-def park_a_build(db: PortalDb, sessions: Sessions) -> int:
-    """A CREATE INDEX CONCURRENTLY waiting for an older snapshot to go; returns its pid."""
-    holder = sessions.open()
-    holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    holder.execute("SELECT count(*) FROM users")  # the snapshot it waits for
-    builder = sessions.open(autocommit=True)
-    sessions.background(builder, f"CREATE INDEX CONCURRENTLY {PARKED} ON id_mappings (created_at)")
-
-    def parked() -> bool:
-        rows = db.server.execute(
-            "SELECT phase FROM pg_stat_progress_create_index WHERE pid = %s",
-            (builder.info.backend_pid,),
-        )
-        return rows == [("waiting for old snapshots",)]
-
-    wait_for(parked, what="the build to wait for old snapshots")
-    return builder.info.backend_pid
+    fail_unique_build(db.dsn, UNIQUE, "id_mappings", "whmcs_client_id")
 
 
 def test_a_failed_concurrent_unique_build_leaves_an_invalid_index_that_is_named(
@@ -86,7 +62,7 @@ def test_a_parked_concurrent_build_is_maintenance_in_progress_and_not_invalid(
     db: PortalDb, sessions: Sessions
 ) -> None:
     build_unique_index(db)
-    pid = park_a_build(db, sessions)
+    pid = park_a_build(sessions, PARKED, "id_mappings", "created_at")
     # a migration's ALTER TABLE queues behind the build's ShareUpdateExclusiveLock
     migration = sessions.open(autocommit=True)
     sessions.background(migration, "ALTER TABLE id_mappings ADD COLUMN note text")

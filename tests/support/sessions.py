@@ -1,4 +1,5 @@
-"""Client sessions a test opens against a real server, some busy in a thread of their own."""
+"""Client sessions a test opens against a real server, some busy in a thread of their own, and
+the concurrent index builds they leave behind: one failed, one parked."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import threading
 from typing import Any
 
 import psycopg
+
+from tests.support.collect import wait_for
 
 
 class Sessions:
@@ -44,3 +47,37 @@ class Sessions:
         for conn in self.conns:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+def fail_unique_build(dsn: str, index: str, table: str, column: str) -> None:
+    """``CREATE UNIQUE INDEX CONCURRENTLY`` over duplicates: it fails and leaves ``index``
+    invalid (as a failed migration does)."""
+    statement = f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON {table} ({column})"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            conn.execute(statement.encode())
+        except psycopg.errors.UniqueViolation:
+            return
+    raise AssertionError(f"{index} was built: {table}.{column} has no duplicates")
+
+
+def park_a_build(sessions: Sessions, index: str, table: str, column: str) -> int:
+    """A ``CREATE INDEX CONCURRENTLY`` waiting in "waiting for old snapshots" for a repeatable-read
+    transaction that took its snapshot first; returns the build's pid. It finishes once
+    ``sessions`` close."""
+    holder = sessions.open(application_name="maintenance-holder")
+    holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    holder.execute("SELECT count(*) FROM pg_class")  # the snapshot the build waits for
+    builder = sessions.open(autocommit=True, application_name="maintenance-build")
+    sessions.background(builder, f"CREATE INDEX CONCURRENTLY {index} ON {table} ({column})")
+    pid = builder.info.backend_pid
+
+    def parked() -> bool:
+        with psycopg.connect(sessions.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT phase FROM pg_stat_progress_create_index WHERE pid = %s", (pid,)
+            ).fetchall()
+        return rows == [("waiting for old snapshots",)]
+
+    wait_for(parked, what=f"{index} to wait for old snapshots")
+    return pid
