@@ -95,3 +95,12 @@ def test_a_parked_concurrent_build_is_maintenance_in_progress_and_not_invalid(
     )
     # the build's own index is invalid until it finishes: only the failed one is named
     assert {dict(k)["indexrelname"] for k in scrape.series("pgrb_invalid_indexes")} == {UNIQUE}
+
+
+def test_an_index_name_chosen_to_break_the_exposition_is_escaped(db: PortalDb) -> None:
+    # quotes, a backslash and a newline that would end the sample and forge another
+    name = 'evil"} 1\npgrb_up 0\n\\'
+    fail_unique_build(db.dsn, '"' + name.replace('"', '""') + '"', "id_mappings", "whmcs_client_id")
+    scrape = collect_once(db.monitor_dsn, configured(only=CHECKS))
+    assert {dict(k)["indexrelname"] for k in scrape.series("pgrb_invalid_indexes")} == {name}
+    assert scrape.series("pgrb_up") == {frozenset(): 1.0}
