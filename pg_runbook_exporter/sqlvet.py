@@ -260,9 +260,9 @@ class _Vetting:
             )
 
 
-def _line_of(text: bytes, position: int) -> int:
-    # libpg_query counts bytes from 1; 0 means no position.
-    return text.count(b"\n", 0, max(position - 1, 0)) + 1
+def _line_of(text: str, position: int) -> int:
+    # pgparse counts characters from 1 (tree locations are bytes from 0); 0 means no position.
+    return text.count("\n", 0, max(position - 1, 0)) + 1
 
 
 def vet(sql: str) -> list[str]:
@@ -271,7 +271,7 @@ def vet(sql: str) -> list[str]:
     try:
         tree = pgparse.parse(text)
     except pgparse.PGQueryError as exc:
-        line = _line_of(text.encode(), exc.position)
+        line = _line_of(text, exc.position)
         where = f" (line {line} of the SQL)" if exc.position else ""
         return [f"does not parse: {exc.message}{where}"]
     if len(tree) != 1:

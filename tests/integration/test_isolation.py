@@ -103,6 +103,7 @@ def test_the_session_keeps_its_settings_whatever_the_role_and_database_default(
         ("search_path", "portal_tricks"),
         ("row_security", "on"),
         ("statement_timeout", "0"),
+        ("lock_timeout", "0"),
     ]:
         portal_db.server.execute(
             sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
@@ -121,9 +122,30 @@ def test_the_session_keeps_its_settings_whatever_the_role_and_database_default(
     with session_of(portal_db) as session:
         ((pid, *state),) = run(session, STATE)
         assert tuple(state) == START
-        assert run(session, "SELECT current_setting('statement_timeout')") == [("5s",)]
+        # (each run sets its own timeouts, so the default is read in the server facts' way)
+        timeouts = (
+            "SELECT name, setting FROM pg_settings "
+            "WHERE name IN ('statement_timeout', 'lock_timeout') ORDER BY name"
+        )
+        assert session._execute(timeouts, {}).rows == [
+            ("lock_timeout", "100"),
+            ("statement_timeout", "5000"),
+        ]
         assert run(session, smuggled) == [("x\\", " , pg_try_advisory_lock(7) --")]
         assert advisory_locks_of(portal_db, pid) == []
+
+
+def test_a_session_that_cannot_be_reset_is_closed(portal_db: PortalDb) -> None:
+    with session_of(portal_db) as session:
+        ((pid,),) = run(session, "SELECT pg_backend_pid()")
+        run(session, "BEGIN")  # DISCARD ALL cannot run in the transaction it leaves open
+        assert not session.connected
+        assert portal_db.server.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ) == [(0,)]
+        session.connect()
+        ((again,),) = run(session, "SELECT pg_backend_pid()")
+        assert again != pid
 
 
 def test_a_session_whose_settings_changed_under_it_is_dropped(portal_db: PortalDb) -> None:

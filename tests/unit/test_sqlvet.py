@@ -347,12 +347,30 @@ PLANNED = [
     "WITH pg_class AS (SELECT 1 AS n) SELECT n FROM pg_class",  # a WITH name is not a relation
     "SELECT E'a\\\\b' AS a, $$c\\d$$ AS b, 'no backslash' AS c, interval '5 minutes' AS d",
     "SELECT x FROM (VALUES (1), (2)) AS v(x) WHERE x BETWEEN 1 AND 2 ORDER BY x USING <",
+    "VALUES (1)",
+    "SELECT 1 AS n;",
+    "SELECT count(*) AS n FROM users WHERE id = ANY(%(names)s) AND id LIKE 'x%%'",
 ]
 
 
 @pytest.mark.parametrize("sql", PLANNED)
 def test_a_reading_statement_passes(sql: str) -> None:
     assert vet(sql) == []
+
+
+def test_a_statement_that_does_not_parse_is_refused_with_its_line() -> None:
+    assert vet("SELECT n\nFORM t") == [
+        'does not parse: syntax error at or near "t" (line 2 of the SQL)'
+    ]
+    assert vet("SELECT 'é' AS a,\n'ü' AS b\nFORM t") == [  # the position counts characters
+        'does not parse: syntax error at or near "FORM" (line 3 of the SQL)'
+    ]
+    # The parser is PostgreSQL 17's and assumes UTF-8 (a documented limit).
+    assert vet("SELECT E'\\xe9' AS n") == [
+        'does not parse: invalid byte sequence for encoding "UTF8": 0xe9'
+    ]
+    # A tree location counts bytes: the string after the two-byte é is still found.
+    assert vet("SELECT 'é', 'x\\'") == [BACKSLASH]
 
 
 def test_the_portal_tables_of_the_allowlist_are_those_of_the_portal_schema() -> None:
