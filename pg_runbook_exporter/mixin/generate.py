@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertgen, alertrules, dashgen
+from pg_runbook_exporter.mixin import alertgen, alertrules, dashgen, kubernetes
 from pg_runbook_exporter.mixin.docgen import metrics_markdown
 
 README = "README.md"
@@ -47,6 +47,7 @@ def outputs(
     )
     files.update({f"alerts/{p}": text for p, text in rules.items()})
     files.update({f"dashboards/{p}": text for p, text in dashgen.generate(config).items()})
+    files.update(kubernetes.generate(files))  # wraps the rendered rules and dashboards
     readme_path = root / README
     if readme_path.is_file():  # a checkout; an installed copy writes into a folder without one
         readme = readme_path.read_text(encoding="utf-8")
