@@ -94,16 +94,23 @@ def test_a_401_with_basic_auth_on_is_alive_without_a_password(
     )
 
 
+@pytest.mark.parametrize("basic_auth", [False, True], ids=["tls", "tls_and_basic_auth"])
 def test_with_tls_on_it_asks_again_over_https(
-    serve: Callable[[WebConfig | None], int], tmp_path: Path
+    serve: Callable[[WebConfig | None], int], tmp_path: Path, basic_auth: bool
 ) -> None:
     cert, key = self_signed(tmp_path, "server", "IP:127.0.0.1")
-    config = {"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}}
+    config: dict[str, object] = {
+        "tls_server_config": {"cert_file": str(cert), "key_file": str(key)}
+    }
+    if basic_auth:
+        hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+        config["basic_auth_users"] = {"prom": hashed}
     port = serve(load_web_config(write_config(tmp_path, config)))
     done = healthcheck(f"http://127.0.0.1:{port}/healthz")
+    status = 401 if basic_auth else 200
     assert (done.returncode, done.stdout) == (
         0,
-        f"alive: https://127.0.0.1:{port}/healthz: HTTP 200\n",
+        f"alive: https://127.0.0.1:{port}/healthz: HTTP {status}\n",
     )
 
 

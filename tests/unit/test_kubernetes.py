@@ -71,6 +71,12 @@ def custom(tmp_path_factory: pytest.TempPathFactory) -> list[Object]:
 
 
 @pytest.fixture(scope="module")
+def web() -> list[Object]:
+    """The web-config overlay: TLS and basic auth on, probes and ServiceMonitor to match."""
+    return build(KUBE / "web-config")
+
+
+@pytest.fixture(scope="module")
 def secret() -> Object:
     path = KUBE / "exporter" / "database-secret.example.yaml"
     loaded: Object = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -99,18 +105,20 @@ def validate_custom_resource(document: Object) -> None:
 
 
 def test_core_objects_validate_strictly(
-    base: list[Object], custom: list[Object], secret: Object
+    base: list[Object], custom: list[Object], web: list[Object], secret: Object
 ) -> None:
-    core = [d for d in [*base, *custom, secret] if d["kind"] not in CUSTOM_RESOURCES]
+    core = [d for d in [*base, *custom, *web, secret] if d["kind"] not in CUSTOM_RESOURCES]
     assert {d["kind"] for d in core} == {"Deployment", "Service", "ConfigMap", "Secret"}
     for document in core:
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
     print(f"\n{len(core)} core objects valid for Kubernetes {KUBERNETES} (kubernetes-validate)")
 
 
-def test_custom_resources_validate_against_the_operator_crds(base: list[Object]) -> None:
-    custom = [d for d in base if d["kind"] in CUSTOM_RESOURCES]
-    assert sorted(d["kind"] for d in custom) == ["PrometheusRule", "ServiceMonitor"]
+def test_custom_resources_validate_against_the_operator_crds(
+    base: list[Object], web: list[Object]
+) -> None:
+    custom = [d for d in [*base, *web] if d["kind"] in CUSTOM_RESOURCES]
+    assert sorted(d["kind"] for d in custom) == sorted(["PrometheusRule", "ServiceMonitor"] * 2)
     for document in custom:
         validate_custom_resource(document)
     print(f"\n{len(custom)} custom resources valid for prometheus-operator v{OPERATOR_MODELS}")
@@ -162,6 +170,24 @@ def test_probes_ask_only_whether_the_process_serves(base: list[Object]) -> None:
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
     service = one(base, "Service")
     assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_with_basic_auth_on_the_probes_need_no_password(web: list[Object]) -> None:
+    pod = one(web, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    text = (REPO / "Containerfile").read_text(encoding="utf-8")
+    healthcheck = re.search(r"^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", text, re.MULTILINE)
+    assert healthcheck, "the Containerfile's HEALTHCHECK … CMD [...] is not where it was"
+    assert container["livenessProbe"]["exec"]["command"] == json.loads(healthcheck.group(1))
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    (config,) = [e["value"] for e in container["env"] if e["name"] == "PGRB_WEB_CONFIG_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if config.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["defaultMode"] == 0o440
+    (endpoint,) = one(web, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert set(endpoint["basicAuth"]) == {"username", "password"}
+    assert "ca" in endpoint["tlsConfig"]
 
 
 def test_the_password_is_a_0440_file_read_with_password_file(
