@@ -186,7 +186,6 @@ def build_image(podman: Podman, workdir: Path) -> ImageInfo:
         else:
             shutil.copy2(source, context / name)
     shutil.copytree(wheels, context / "wheels")
-    old = podman.inspect(IMAGE)["Id"] if podman.exists(IMAGE) else None
     args: Sequence[str] = [
         "build",
         "--format=docker",  # the OCI format drops HEALTHCHECK
@@ -201,10 +200,12 @@ def build_image(podman: Podman, workdir: Path) -> ImageInfo:
         "--tag", IMAGE,
         str(context),
     ]  # fmt: skip
-    podman.run(*args)
-    info = podman.inspect(IMAGE)
-    if old is not None and old != info["Id"]:
-        podman.run("rmi", old, check=False)  # the previous test image, untagged now
+    with _locked():  # another run may be building the same tag
+        old = podman.inspect(IMAGE)["Id"] if podman.exists(IMAGE) else None
+        podman.run(*args)
+        info = podman.inspect(IMAGE)
+        if old is not None and old != info["Id"]:
+            podman.run("rmi", old, check=False)  # the previous test image, untagged now
     return ImageInfo(
         ref=IMAGE,
         size=int(info["Size"]),
