@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import psycopg.conninfo
 from psycopg import ProgrammingError
 
+from pg_runbook_exporter.errors import DatabaseUrlError
+
 logger = logging.getLogger(__name__)
 
 # Parameters only Prisma understands: dropped (``schema`` becomes the search path).
@@ -33,10 +35,6 @@ PRISMA_ONLY = frozenset(
 )
 _URL_PASSWORD = re.compile(r"(?P<head>\w+://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\S+)")
-
-
-class DatabaseUrlError(ValueError):
-    """A DATABASE_URL that cannot be used; the message never contains the password."""
 
 
 @dataclass(frozen=True)

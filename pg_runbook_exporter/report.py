@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pg_runbook_exporter.session import Reason
+from pg_runbook_exporter.errors import CheckError, FailureReason
 from pg_runbook_exporter.state import CheckState
 
 _DENIED = re.compile(r"permission denied for (table|relation|view|function|schema) (\S+)")
@@ -21,6 +21,7 @@ class Line:
     series: str
     failed: bool
     fix: str | None
+    skipped: bool = False
 
 
 def grant_for(message: str, role: str) -> str | None:
@@ -49,12 +50,21 @@ def describe(state: CheckState, role: str) -> Line:
     duration = f"{state.duration * 1000:.1f}" if state.duration is not None else "-"
     series = str(state.samples.series) if state.samples and state.success else "-"
     if state.skipped is not None:
-        return Line(state.check.name, f"skipped ({state.skipped})", "-", "-", False, None)
+        status = f"skipped ({state.skipped})"
+        return Line(state.check.name, status, "-", "-", False, None, skipped=True)
     if state.success:
         return Line(state.check.name, "ok", duration, series, False, None)
-    reason, _, message = (state.last_error or "other: unknown error").partition(": ")
-    fix = grant_for(message, role) if reason == Reason.PERMISSION else None
-    return Line(state.check.name, f"FAILED ({reason}): {message}", duration, series, True, fix)
+    error = state.last_error or CheckError(FailureReason.OTHER, "unknown error")
+    fix = grant_for(error.message, role) if error.reason is FailureReason.PERMISSION else None
+    status = f"FAILED ({error.reason}): {error.message}"
+    return Line(state.check.name, status, duration, series, True, fix)
+
+
+def summary(lines: list[Line]) -> str:
+    """``N ok, N failed, N skipped``."""
+    failed = sum(x.failed for x in lines)
+    skipped = sum(x.skipped for x in lines)
+    return f"{len(lines) - failed - skipped} ok, {failed} failed, {skipped} skipped"
 
 
 def format_table(lines: list[Line]) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import psycopg.conninfo
 import pytest
 
-from pg_runbook_exporter.database_url import DatabaseUrlError, parse_database_url, redact
+from pg_runbook_exporter.app import CollectionOptions, database_target
+from pg_runbook_exporter.database_url import parse_database_url, redact
+from pg_runbook_exporter.errors import DatabaseUrlError
 
 PRISMA_URL = (
     "postgresql://monitor:s3cr%40t@db.internal:5432/portal"
@@ -88,11 +90,9 @@ def test_a_libpq_keyword_string_is_accepted() -> None:
 def test_the_urls_password_wins_over_pgpassword_which_is_still_redacted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pg_runbook_exporter.cli import _database_target  # noqa: PLC0415
-
     monkeypatch.setenv("PGPASSWORD", "from-env")
-    target = _database_target("postgresql://m:from-url@h/db", None, None)
+    target, _ = database_target(CollectionOptions(url="postgresql://m:from-url@h/db"))
     assert psycopg.conninfo.conninfo_to_dict(target.conninfo)["password"] == "from-url"
     assert {"from-url", "from-env"} <= set(target.secrets)
-    bare = _database_target("postgresql://m@h/db", None, None)
+    bare, _ = database_target(CollectionOptions(url="postgresql://m@h/db"))
     assert "password" not in psycopg.conninfo.conninfo_to_dict(bare.conninfo)  # libpq reads it
