@@ -7,6 +7,7 @@ runs, so every line logged on the way (the web config's own, the warnings) is se
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 
 import psycopg.conninfo
 from prometheus_client import ProcessCollector
@@ -24,7 +26,7 @@ from pg_runbook_exporter import __version__
 from pg_runbook_exporter.collector import Renderer
 from pg_runbook_exporter.config import Config, load_config
 from pg_runbook_exporter.database_url import DatabaseTarget, parse_database_url
-from pg_runbook_exporter.errors import ListenError, OptionError
+from pg_runbook_exporter.errors import ListenError, OptionError, WebConfigError
 from pg_runbook_exporter.report import Line, describe
 from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.state import ResultCache
@@ -181,7 +183,7 @@ def read_web_config(path: Path | None) -> WebConfig | None:
 
 
 def serve(setup: Setup, web: WebOptions, *, on_ready: Callable[[int], None] | None = None) -> None:
-    """Collect and serve until SIGINT or SIGTERM."""
+    """Collect and serve until SIGINT or SIGTERM; SIGHUP re-reads the web config."""
     web_config = read_web_config(web.config_file)
     for warning in setup.warnings:
         logger.warning("%s", warning)
@@ -196,16 +198,61 @@ def serve(setup: Setup, web: WebOptions, *, on_ready: Callable[[int], None] | No
         )
         if on_ready is not None:
             on_ready(up.port)
-        wait_for_signals()
+        wait_for_signals(on_hangup=lambda: reload_web_config(up.server, web.config_file))
         logger.info("shutting down")
 
 
-def wait_for_signals() -> None:
-    """Block until SIGINT or SIGTERM (main thread only)."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+def wait_for_signals(*, on_hangup: Callable[[], None]) -> None:
+    """Block until SIGINT or SIGTERM; call ``on_hangup`` for each SIGHUP (main thread only)."""
+    received: collections.deque[int] = collections.deque()
+    wake = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        wake.set()
+
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in watched}
+    try:
+        while True:
+            wake.wait()
+            wake.clear()
+            while received:
+                signum = received.popleft()
+                if signum != signal.SIGHUP:
+                    return
+                logger.info("SIGHUP: re-reading the web config")
+                on_hangup()
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+def reload_web_config(server: WebServer, path: Path | None) -> None:
+    """SIGHUP's work: re-read the web config and hand it to the server; on error keep the old.
+
+    The server applies it when it offers ``reload(web_config)``; until then the new file is
+    validated and logged, and takes effect at the next start.
+    """
+    if path is None:
+        logger.info("no --web.config.file to re-read")
+        return
+    try:
+        web_config = load_web_config(path)
+    except WebConfigError as exc:
+        for problem in exc.problems:
+            logger.error("web config not reloaded, the running one stays: %s", problem)
+        return
+    apply = getattr(server, "reload", None)
+    if callable(apply):
+        try:
+            apply(web_config)
+        except Exception:  # serving goes on with the running config, whatever went wrong
+            logger.exception("web config %s not applied, the running one stays", path)
+            return
+        logger.info("web config %s applied", path)
+    else:
+        logger.warning("web config %s re-read; this server applies it at the next start", path)
 
 
 # -- the check command ----------------------------------------------------------------------
