@@ -98,6 +98,13 @@ def database_target(options: CollectionOptions) -> tuple[DatabaseTarget, tuple[s
     env_password = os.environ.get("PGPASSWORD")
     if env_password:
         target = replace(target, secrets=(*target.secrets, env_password))
+    if options.url_on_command_line and not options.url_file and target.password_in_url:
+        warnings.append(
+            "the database password is in --database.url, where every local user can read it "
+            "(/proc/<pid>/cmdline, ps); pass it with --database.password-file or "
+            "--database.url-file, or in the environment (PGRB_DATABASE_URL, DATABASE_URL, "
+            "PGPASSWORD)"
+        )
     return target, (*(f"database URL: {w}" for w in target.warnings), *warnings)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from pg_runbook_exporter.pgserver.throwaway import free_port
 from tests.conftest import REPO
 
@@ -196,3 +198,23 @@ def test_sighup_is_logged_rereads_the_web_config_and_serving_goes_on(tmp_path: P
         assert running.process.wait(timeout=30) == 0
     assert running.output().count("SIGHUP: re-reading the web config") == 2
     assert "shutting down" in running.output()
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_check_warns_when_the_password_is_on_the_command_line(given: str) -> None:
+    url = "postgresql://nobody:Cl1-secret@127.0.0.1:1/none"
+    args = ["--database.url", url] if given == "flag" else []
+    env = {"PGRB_DATABASE_URL": url} if given == "environment" else {}
+    done = subprocess.run(
+        [sys.executable, "-m", "pg_runbook_exporter", "check", *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        env={"PATH": os.environ["PATH"], **env},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # nothing listens on port 1
+    warned = [x for x in done.stderr.splitlines() if x.startswith("warning: ")]
+    if given == "flag":
+        assert len(warned) == 1
+        assert "--database.password-file" in warned[0]
+    else:
+        assert warned == []
+    assert "Cl1-secret" not in done.stdout + done.stderr
