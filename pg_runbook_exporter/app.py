@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,10 +75,18 @@ class Setup:
 
 def _read_secret_file(path: Path, what: str, warnings: list[str]) -> str:
     try:
-        return path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise OptionError(f"{path}: cannot read the {what}: {reason}") from None
+    if mode & stat.S_IROTH:
+        # Group-readable stays quiet: Kubernetes mounts secrets group-readable for an fsGroup.
+        warnings.append(
+            f"{path}: the {what} is readable by every local user "
+            f"(mode {stat.S_IMODE(mode):04o}); chmod o-r {path}"
+        )
+    return text
 
 
 def database_target(options: CollectionOptions) -> tuple[DatabaseTarget, tuple[str, ...]]:
@@ -89,6 +98,8 @@ def database_target(options: CollectionOptions) -> tuple[DatabaseTarget, tuple[s
     password = None
     if options.password_file:
         password = _read_secret_file(options.password_file, "password file", warnings)
+        # One trailing newline (echo's, an editor's) is not part of it; nothing else is cut.
+        password = password.removesuffix("\n")
     if not url:
         # libpq's own environment (PGHOST, PGUSER, PGPASSWORD, PGPASSFILE, …) then applies.
         url = "postgresql://"
