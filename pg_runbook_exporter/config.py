@@ -23,7 +23,8 @@ SettingValue = int | float | str | tuple[str, ...]
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-_STRAY_PERCENT = re.compile(r"%(?!%|\(\w+\)s)")
+# Read left to right, so "%%" is one escape and its second "%" no stray; a lone "%" is captured.
+_PERCENT = re.compile(r"%%|%\(\w+\)s|(%)")
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def _check_placeholders(
             problems.add(
                 where, f"%({name})s names no setting (settings: {', '.join(sorted(settings))})"
             )
-        if _STRAY_PERCENT.search(variant.sql):
+        if any(match.group(1) for match in _PERCENT.finditer(variant.sql)):
             problems.add(where, "a literal % must be written %% (settings are bound as %(name)s)")
 
 

@@ -303,3 +303,17 @@ checks:
     assert error.reason is FailureReason.OTHER
     assert error.sqlstate == "25006"  # read_only_sql_transaction
     assert portal_db.server.execute("SELECT count(*) FROM users", dbname=portal_db.name) == [(1,)]
+
+
+def test_a_percent_escaped_as_double_percent_reaches_the_server_as_one(portal_db: PortalDb) -> None:
+    # No settings: the statement is still bound, so "%%" arrives as "%" (else LIKE matches none).
+    config = config_of("""
+checks:
+  percent:
+    help: Counts the words that start with a.
+    sql: |
+      SELECT count(*) AS n FROM (VALUES ('apple'), ('avocado'), ('pear')) w(s) WHERE s LIKE 'a%%'
+    metrics: {n: {name: a_words, type: gauge, help: Words starting with a.}}
+""")
+    assert config.settings == ()
+    assert collect(portal_db.monitor_dsn, config).scrape.value("pgrb_a_words") == 2
