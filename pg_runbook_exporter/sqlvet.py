@@ -9,14 +9,11 @@ syntax error is reported at load time too, with its line in the SQL.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pgparse
-
-logger = logging.getLogger(__name__)
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
