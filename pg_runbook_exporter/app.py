@@ -205,7 +205,8 @@ def serve(setup: Setup, web: WebOptions, *, on_ready: Callable[[int], None] | No
     web_config = read_web_config(web.config_file)
     for warning in setup.warnings:
         logger.warning("%s", warning)
-    with running(setup, web, web_config=web_config) as up:
+    # Caught from before the server starts: a signal during start-up waits its turn, never kills.
+    with caught_signals() as signals, running(setup, web, web_config=web_config) as up:
         logger.info(
             "pg-runbook-exporter %s: %d checks from %s, database %s, listening on port %d",
             __version__,
@@ -216,31 +217,42 @@ def serve(setup: Setup, web: WebOptions, *, on_ready: Callable[[int], None] | No
         )
         if on_ready is not None:
             on_ready(up.port)
-        wait_for_signals(on_hangup=lambda: reload_web_config(up.server, web.config_file))
+        signals.wait(on_hangup=lambda: reload_web_config(up.server, web.config_file))
         logger.info("shutting down")
 
 
-def wait_for_signals(*, on_hangup: Callable[[], None]) -> None:
-    """Block until SIGINT or SIGTERM; call ``on_hangup`` for each SIGHUP (main thread only)."""
-    received: collections.deque[int] = collections.deque()
-    wake = threading.Event()
+class Signals:
+    """SIGINT, SIGTERM and SIGHUP as they arrive, for the main thread to act on."""
 
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        wake.set()
+    WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {signum: signal.signal(signum, handler) for signum in watched}
-    try:
+    def __init__(self) -> None:
+        self._received: collections.deque[int] = collections.deque()
+        self._wake = threading.Event()
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        self._received.append(signum)
+        self._wake.set()
+
+    def wait(self, *, on_hangup: Callable[[], None]) -> None:
+        """Block until SIGINT or SIGTERM; call ``on_hangup`` for each SIGHUP."""
         while True:
-            wake.wait()
-            wake.clear()
-            while received:
-                signum = received.popleft()
-                if signum != signal.SIGHUP:
+            self._wake.wait()
+            self._wake.clear()
+            while self._received:
+                if self._received.popleft() != signal.SIGHUP:
                     return
                 logger.info("SIGHUP: re-reading the web config")
                 on_hangup()
+
+
+@contextlib.contextmanager
+def caught_signals() -> Iterator[Signals]:
+    """Signals handled by a ``Signals`` while the block runs (main thread only)."""
+    signals = Signals()
+    previous = {signum: signal.signal(signum, signals.handle) for signum in Signals.WATCHED}
+    try:
+        yield signals
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old if old is not None else signal.SIG_DFL)
