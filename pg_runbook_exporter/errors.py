@@ -29,6 +29,7 @@ class SkipReason(StrEnum):
     STANDBY = "standby"
     EXTENSION = "extension"
     RELATION = "relation"
+    SETTING = "setting"
 
 
 class ExporterError(Exception):

@@ -39,6 +39,8 @@ def unmet_requirement(check: Check, facts: ServerFacts) -> SkipReason | None:
         return SkipReason.EXTENSION
     if any(r not in facts.relations for r in req.relations):
         return SkipReason.RELATION
+    if any(facts.settings.get(name) != value for name, value in req.settings):
+        return SkipReason.SETTING
     return None
 
 
@@ -64,6 +66,7 @@ class Scheduler:
         self._clock = clock
         self._params = config.sql_params()
         relations = sorted({r for c in config.checks for r in c.requires.relations})
+        settings = sorted({n for c in config.checks for n, _ in c.requires.settings})
         # Reconnection never waits longer than half the shortest interval, so once the database
         # is back every check succeeds again at its next run at the latest.
         shortest = min((c.interval for c in config.checks), default=max_backoff)
@@ -72,6 +75,7 @@ class Scheduler:
             Session(
                 target=target,
                 probe_relations=relations,
+                probe_settings=settings,
                 max_backoff=max_backoff,
                 name=f"session {i + 1}",
             )
