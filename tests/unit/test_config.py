@@ -184,12 +184,12 @@ def test_a_literal_percent_written_as_the_error_message_asks_is_accepted(conditi
         checks:
           a:
             help: A.
-            sql: "SELECT count(*) AS n FROM t WHERE {condition}"
+            sql: "SELECT count(*) AS n FROM users WHERE {condition}"
             metrics: {{n: {{name: rows, type: gauge, help: x}}}}
         """),
         source="q.yaml",
     )
-    assert config.checks[0].sql_for(17) == f"SELECT count(*) AS n FROM t WHERE {condition}"
+    assert config.checks[0].sql_for(17) == f"SELECT count(*) AS n FROM users WHERE {condition}"
 
 
 @pytest.mark.parametrize("condition", ["x LIKE 'a%%%'", "x LIKE '%a'", "x LIKE 'a%(n)'"])
@@ -198,7 +198,7 @@ def test_an_odd_percent_is_still_refused(condition: str) -> None:
         checks:
           a:
             help: A.
-            sql: "SELECT count(*) AS n FROM t WHERE {condition}"
+            sql: "SELECT count(*) AS n FROM users WHERE {condition}"
             metrics: {{n: {{name: rows, type: gauge, help: x}}}}
         """)
     assert problems == [
