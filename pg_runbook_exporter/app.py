@@ -259,30 +259,22 @@ def caught_signals() -> Iterator[Signals]:
 
 
 def reload_web_config(server: WebServer, path: Path | None) -> None:
-    """SIGHUP's work: re-read the web config and hand it to the server; on error keep the old.
+    """SIGHUP's work: re-read the web config (TLS certificates included) and hand it to the server.
 
-    The server applies it when it offers ``reload(web_config)``; until then the new file is
-    validated and logged, and takes effect at the next start.
+    A file that does not load, or certificates the server cannot use, leave the running config.
     """
     if path is None:
         logger.info("no --web.config.file to re-read")
         return
     try:
         web_config = load_web_config(path)
-    except WebConfigError as exc:
-        for problem in exc.problems:
+        server.reload(web_config)
+    except (WebConfigError, OSError, ValueError) as exc:
+        problems = exc.problems if isinstance(exc, WebConfigError) else [str(exc)]
+        for problem in problems:
             logger.error("web config not reloaded, the running one stays: %s", problem)
         return
-    apply = getattr(server, "reload", None)
-    if callable(apply):
-        try:
-            apply(web_config)
-        except Exception:  # serving goes on with the running config, whatever went wrong
-            logger.exception("web config %s not applied, the running one stays", path)
-            return
-        logger.info("web config %s applied", path)
-    else:
-        logger.warning("web config %s re-read; this server applies it at the next start", path)
+    logger.info("web config %s applied", path)
 
 
 # -- the check command ----------------------------------------------------------------------

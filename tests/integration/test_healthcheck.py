@@ -20,8 +20,8 @@ from pg_runbook_exporter.exposition import render
 from pg_runbook_exporter.healthcheck import default_url
 from pg_runbook_exporter.web.server import WebServer
 from pg_runbook_exporter.web.webconfig import WebConfig, load_web_config
-from tests.integration.test_webconfig import self_signed, write_config
 from tests.support.stack import free_port
+from tests.support.webclient import self_signed, write_config
 
 
 @pytest.fixture

@@ -1,26 +1,45 @@
-"""Hostile HTTP clients en masse, beyond test_webserver.py's one-at-a-time cases: many slowloris
-connections, a client that never reads its responses, and TLS clients that never finish
-the handshake. Other scrapers are served all the while, and every bad connection is closed.
+"""Hostile HTTP clients and scarce slots: deadlines, slowloris, CRLF trickles, clients that never
+read, TLS handshakes that never end, per-client caps and running out of descriptors.
+
+Deadline tests drive the server's clock by hand (``FakeClock``) and ask it to act on overdue
+connections (``expire_overdue``): each proves both that nothing is closed just before the
+configured deadline and that everything past it is, without waiting for it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import resource
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from pg_runbook_exporter.exposition import Exposition, render
+from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
 from pg_runbook_exporter.web.webconfig import load_web_config
+from tests.support.webclient import (
+    REQUEST,
+    Client,
+    FakeClock,
+    closed,
+    connect,
+    is_open,
+    read_response,
+    self_signed,
+    server_factory,
+    settle,
+)
 
-REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def big_exposition(series: int = 3000) -> Exposition:
@@ -37,68 +56,51 @@ def exposition() -> Exposition:
 
 
 @pytest.fixture
-def serve(exposition: Exposition) -> Iterator[Callable[..., WebServer]]:
-    servers: list[WebServer] = []
+def clock() -> FakeClock:
+    return FakeClock()
 
-    def start(**kwargs: object) -> WebServer:
-        server = WebServer(
-            listen_address="127.0.0.1:0",
-            get_exposition=lambda: exposition,
-            ready=lambda: (True, ""),
-            **kwargs,  # type: ignore[arg-type]
+
+@pytest.fixture
+def serve(exposition: Exposition, clock: FakeClock) -> Iterator[Callable[..., WebServer]]:
+    start_server, stop_all = server_factory()
+
+    def start(**kwargs: Any) -> WebServer:
+        return start_server(
+            get_exposition=lambda: exposition, ready=lambda: (True, ""), clock=clock, **kwargs
         )
-        server.start()
-        servers.append(server)
-        return server
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all()
 
 
 def scrape(port: int, *, context: ssl.SSLContext | None = None) -> bytes:
-    """One complete scrape on a fresh connection: the body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
-        sock.sendall(REQUEST)
-        stream = sock.makefile("rb")
-        assert stream.readline().startswith(b"HTTP/1.1 200")
-        length = 0
-        while (line := stream.readline()) != b"\r\n":
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        return stream.read(length)
+    """One complete scrape on a fresh connection from 127.0.0.1: the body."""
+    client = Client(port, context=context)
+    response = client.get()
+    client.close()
+    assert response.status == 200
+    return response.body
 
 
-def closed(sock: socket.socket) -> bool:
-    """Whether the server closed (or reset) this connection; reads whatever is left."""
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        return True
-    except TimeoutError:  # still open after the socket's timeout
-        return False
-    return True
-
-
-def test_two_hundred_slowloris_connections_do_not_block_scrapers(
-    serve: Callable[..., WebServer], exposition: Exposition
+def test_two_hundred_slowloris_connections_get_408_at_the_deadline_however_they_dribble(
+    serve: Callable[..., WebServer], exposition: Exposition, clock: FakeClock
 ) -> None:
-    server = serve(header_timeout=2.0)
+    server = serve(limits=Limits(request_head_timeout=2.0, max_connections_per_client=256))
     slow = []
     for i in range(200):
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock = connect(server.port, source="127.0.0.2")
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-%d: " % i)
         slow.append(sock)
-    scrapes = 0
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:  # while every slow head is still open
-        for sock in slow[::20]:
-            sock.sendall(b"z")
-        assert scrape(server.port) == exposition.text
-        scrapes += 1
-    assert scrapes >= 1
+    assert scrape(server.port) == exposition.text
+    clock.advance(1.9)
+    for sock in slow:
+        sock.sendall(b"z")  # a byte moves no deadline: a server restarting it would fail below
+    settle(server)
+    server.expire_overdue()
+    assert scrape(server.port) == exposition.text
+    assert all(is_open(sock) for sock in slow)  # closed early, this would fail
+    clock.advance(0.2)  # 2.1 s after the first byte of each head
+    server.expire_overdue()
     answers = set()
     for sock in slow:
         answers.add(sock.recv(64).split(b"\r\n")[0])
@@ -108,53 +110,181 @@ def test_two_hundred_slowloris_connections_do_not_block_scrapers(
     assert scrape(server.port) == exposition.text
 
 
-def test_a_client_that_never_reads_is_dropped_while_others_scrape(
-    serve: Callable[..., WebServer], exposition: Exposition
+def test_a_bare_crlf_now_and_then_does_not_extend_the_head_deadline(
+    serve: Callable[..., WebServer], clock: FakeClock
 ) -> None:
-    server = serve(idle_timeout=1.0)
-    hog = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    server = serve(limits=Limits(request_head_timeout=10.0, idle_timeout=60.0))
+    client = Client(server.port)
+    assert client.get("/healthz").status == 200
+    settle(server)
+    clock.advance(50)
+    client.send(b"\r\n")  # the next head has begun: it has until 50 + 10 s
+    settle(server)
+    clock.advance(9)
+    client.send(b"\r\n")  # a server restarting the idle (or head) wait here would fail below
+    server.expire_overdue()
+    assert is_open(client.sock)
+    clock.advance(2)
+    server.expire_overdue()
+    assert read_response(client.file).status == 408
+    assert client.closed_by_server()
+    client.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_at_the_idle_deadline(
+    serve: Callable[..., WebServer], clock: FakeClock
+) -> None:
+    server = serve(limits=Limits(idle_timeout=60.0))
+    client = Client(server.port)
+    assert client.get("/healthz").status == 200
+    settle(server)
+    clock.advance(59)
+    server.expire_overdue()
+    assert is_open(client.sock)
+    clock.advance(2)
+    server.expire_overdue()
+    assert client.closed_by_server()  # without a response: nothing was asked
+    client.close()
+
+
+def test_a_client_that_never_reads_is_reset_at_the_idle_deadline_while_others_scrape(
+    serve: Callable[..., WebServer], exposition: Exposition, clock: FakeClock
+) -> None:
+    server = serve(limits=Limits(idle_timeout=5.0))
+    hog = socket.socket()
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    pipelined = 500  # ~100 MB of responses if it ever read them
-    hog.sendall(REQUEST * pipelined)
+    hog.bind(("127.0.0.2", 0))
+    hog.connect(("127.0.0.1", server.port))
+    hog.sendall(REQUEST * 500)  # ~100 MB of responses if it ever read them
     for _ in range(20):
         assert scrape(server.port) == exposition.text
-    time.sleep(1.5)  # past the idle timeout with the hog's window still full
-    received = 0
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := hog.recv(1 << 20):
-            received += len(chunk)
+    settle(server)
+    clock.advance(4)
+    server.expire_overdue()
+    assert hog.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0  # still connected
+    clock.advance(2)
+    server.expire_overdue()
+    # A reset, not a close: after a close the kernel would keep trying to deliver the queued
+    # responses for minutes. A server without a write deadline leaves the error at 0.
+    error = 0
+    for _ in range(200):
+        error = hog.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            break
+        time.sleep(0.05)
     hog.close()
-    assert received < pipelined * len(exposition.text)  # cut off, not served in full
+    assert error == 104  # ECONNRESET
     assert scrape(server.port) == exposition.text
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "server.crt", directory / "server.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=exporter", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
-def test_tls_clients_that_never_finish_the_handshake_do_not_block_scrapers(
-    serve: Callable[..., WebServer], exposition: Exposition, tmp_path: Path
+def test_tls_handshakes_hold_slots_and_end_at_the_head_deadline(
+    serve: Callable[..., WebServer], exposition: Exposition, clock: FakeClock, tmp_path: Path
 ) -> None:
     cert, key = self_signed(tmp_path)
     web = tmp_path / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
-    server = serve(web_config=load_web_config(web), header_timeout=1.5)
+    server = serve(web_config=load_web_config(web), limits=Limits(request_head_timeout=1.5))
     context = ssl.create_default_context(cafile=cert)
-    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(50)]
+    silent = [connect(server.port, source="127.0.0.2") for _ in range(50)]
     # Half a TLS record header: the server waits for the rest of the ClientHello.
-    halfway = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(50)]
+    halfway = [connect(server.port, source="127.0.0.2") for _ in range(50)]
     for sock in halfway:
         sock.sendall(b"\x16\x03\x01")
     for _ in range(10):
         assert scrape(server.port, context=context) == exposition.text
+    assert server.open_connections() >= 100  # a server counting only after the handshake: 0
+    clock.advance(1.4)
+    server.expire_overdue()
+    assert all(is_open(sock) for sock in silent + halfway)
+    clock.advance(0.2)
+    server.expire_overdue()
     for sock in silent + halfway:
-        assert closed(sock)  # by the handshake timeout
+        # Well before asyncio's own 60 s handshake timeout, which alone would fail this.
+        sock.settimeout(10)
+        assert closed(sock)
         sock.close()
     assert scrape(server.port, context=context) == exposition.text
+
+
+def test_a_client_over_its_cap_loses_its_oldest_unserved_connections_not_others(
+    serve: Callable[..., WebServer], exposition: Exposition
+) -> None:
+    server = serve(limits=Limits(max_connections_per_client=3))
+    crowd = [connect(server.port, source="127.0.0.2") for _ in range(5)]
+    assert scrape(server.port) == exposition.text  # another address: unaffected
+    assert [closed(sock) for sock in crowd[:2]] == [True, True]  # reset to make room
+    assert all(is_open(sock) for sock in crowd[2:])
+    for sock in crowd:
+        sock.close()
+
+
+def test_at_the_connection_limit_the_oldest_unserved_connection_makes_room(
+    serve: Callable[..., WebServer], exposition: Exposition
+) -> None:
+    server = serve(limits=Limits(max_connections=4))
+    served = Client(server.port)
+    assert served.get("/healthz").status == 200  # served: kept whatever comes after
+    idle = [connect(server.port, source="127.0.0.2") for _ in range(3)]
+    newcomers = []
+    for i in range(3):  # each pushes out the oldest connection that has asked nothing yet
+        newcomers.append(Client(server.port))
+        assert newcomers[-1].get().body == exposition.text
+        assert closed(idle[i])  # a server refusing at the limit would answer 503 instead
+        assert all(is_open(sock) for sock in idle[i + 1 :])
+    assert served.get().body == exposition.text
+    assert server.open_connections() == 4
+    fifth = Client(server.port)  # every slot is held by a served connection: refused
+    assert read_response(fifth.file).status == 503
+    for client in [served, fifth, *newcomers]:
+        client.close()
+
+
+def test_the_descriptor_limit_is_raised_and_running_out_logs_one_line_not_a_traceback_each(
+    tmp_path: Path,
+) -> None:
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 128))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.fdstarve"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=low_limit,  # noqa: PLW1509 - nothing else runs in the child
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    stderr = process.stderr
+    assert stderr is not None
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(iter(stderr.readline, "")))
+    reader.start()
+    try:
+        port = int(process.stdout.readline().split()[1])
+        process.stdin.write("fill\n")
+        process.stdin.flush()
+        assert process.stdout.readline().startswith("filled")
+        waiting = [connect(port) for _ in range(3)]  # queued by the kernel, not accepted
+        for sock in waiting:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        deadline = time.monotonic() + 20
+        while not any("cannot accept" in line for line in log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # asyncio retries each second: at least one retry fails meanwhile
+        process.stdin.write("free\n")
+        process.stdin.flush()
+        assert process.stdout.readline() == "freed\n"
+        for sock in waiting:  # accepted and served once descriptors are back
+            assert read_response(sock.makefile("rb")).status == 200
+            sock.close()
+    finally:
+        if process.stdin:
+            process.stdin.write("quit\n")
+            process.stdin.close()
+        process.wait(timeout=20)
+        reader.join(timeout=5)
+    text = "".join(log)
+    assert "open-file limit raised from 100 to 128" in text
+    assert "max_connections 1000 lowered to 96: the open-file limit is 128" in text
+    # asyncio's default handler logs each failed accept with its traceback: hundreds here.
+    assert text.count("cannot accept connections") == 1, text
+    assert text.count("accepting connections again") == 1, text
+    assert "Traceback" not in text
+    assert len(log) < 10, text

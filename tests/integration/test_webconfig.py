@@ -1,66 +1,47 @@
-"""The exporter-toolkit web config: validation, TLS, client certificates and basic auth."""
+"""The exporter-toolkit web config: validation, basic auth, rate limit, limits and reloading."""
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import re
 import socket
 import ssl
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, Gauge
 
 from pg_runbook_exporter.errors import WebConfigError
 from pg_runbook_exporter.exposition import Exposition, render
+from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
-from pg_runbook_exporter.web.webconfig import BasicAuthenticator, WebConfig, load_web_config
+from pg_runbook_exporter.web.webconfig import WebConfig, load_web_config
+from tests.support.webclient import (
+    basic,
+    get,
+    https,
+    make_pki,
+    self_signed,
+    server_factory,
+    write_config,
+)
 
 PASSWORD = "correct horse battery staple"
 
 
-def self_signed(directory: Path, name: str, san: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("pki")
-    server_cert, server_key = self_signed(directory, "server", "IP:127.0.0.1")
-    client_cert, client_key = self_signed(directory, "client", "DNS:prometheus.example")
-    return {
-        "dir": directory,
-        "server_cert": server_cert,
-        "server_key": server_key,
-        "client_cert": client_cert,
-        "client_key": client_key,
-    }
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
 def password_hash() -> str:
-    # Cost 4 keeps the tests fast; the server treats every cost alike.
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    # Cost 10, what htpasswd -nBC 10 writes: each first login costs a real bcrypt check.
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
     return "$2y$" + hashed[4:]  # the prefix htpasswd writes
-
-
-def write_config(directory: Path, content: object, name: str = "web.yml") -> Path:
-    path = directory / name
-    path.write_text(yaml.safe_dump(content) if not isinstance(content, str) else content)
-    return path
 
 
 @pytest.fixture
@@ -72,43 +53,16 @@ def exposition() -> Exposition:
 
 @pytest.fixture
 def serve(exposition: Exposition) -> Iterator[Callable[[WebConfig], int]]:
-    servers: list[WebServer] = []
+    start_server, stop_all = server_factory()
 
     def start(config: WebConfig) -> int:
-        server = WebServer(
-            listen_address="127.0.0.1:0",
-            get_exposition=lambda: exposition,
-            ready=lambda: (True, ""),
-            web_config=config,
+        server = start_server(
+            get_exposition=lambda: exposition, ready=lambda: (True, ""), web_config=config
         )
-        servers.append(server)
-        return server.start()
+        return server.port
 
     yield start
-    for server in servers:
-        server.stop()
-
-
-def https(
-    port: int, pki: dict[str, Path], *, client_cert: bool = False
-) -> http.client.HTTPSConnection:
-    context = ssl.create_default_context(cafile=pki["server_cert"])
-    if client_cert:
-        context.load_cert_chain(pki["client_cert"], pki["client_key"])
-    return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def get(
-    connection: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    connection.request("GET", path, headers=headers or {})
-    response = connection.getresponse()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    stop_all()
 
 
 def test_empty_file_enables_nothing(tmp_path: Path) -> None:
@@ -159,46 +113,6 @@ def test_every_problem_is_reported_with_the_file_and_dotted_key(tmp_path: Path) 
     assert "RequireAnyClientCert (an unverified certificate) is not supported" in str(raised.value)
 
 
-def test_client_ca_is_required_for_client_certificates(
-    tmp_path: Path, pki: dict[str, Path]
-) -> None:
-    path = write_config(
-        tmp_path,
-        {
-            "tls_server_config": {
-                "cert_file": str(pki["server_cert"]),
-                "key_file": str(pki["server_key"]),
-                "client_auth_type": "RequireAndVerifyClientCert",
-            }
-        },
-    )
-    with pytest.raises(WebConfigError, match=r"tls_server_config\.client_ca_file: required"):
-        load_web_config(path)
-
-
-def test_a_key_that_is_not_a_key_is_reported_at_load(tmp_path: Path, pki: dict[str, Path]) -> None:
-    path = write_config(
-        tmp_path,
-        {
-            "tls_server_config": {
-                "cert_file": str(pki["server_cert"]),
-                "key_file": str(pki["client_key"]),
-            }
-        },
-    )
-    with pytest.raises(WebConfigError, match="tls_server_config: cannot load"):
-        load_web_config(path)
-
-
-def test_relative_file_names_are_resolved_next_to_the_config(pki: dict[str, Path]) -> None:
-    path = write_config(
-        pki["dir"], {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}
-    )
-    config = load_web_config(path)
-    assert config.tls is not None
-    assert config.tls.cert_file == pki["server_cert"]
-
-
 def test_tls_with_basic_auth_on_every_endpoint(
     pki: dict[str, Path], password_hash: str, serve: Callable[[WebConfig], int],
     exposition: Exposition, caplog: pytest.LogCaptureFixture,
@@ -240,71 +154,6 @@ def test_tls_with_basic_auth_on_every_endpoint(
     assert "wrong" not in caplog.text
 
 
-def test_plain_http_is_refused_by_a_tls_server(
-    tmp_path: Path, pki: dict[str, Path], serve: Callable[[WebConfig], int]
-) -> None:
-    path = write_config(
-        tmp_path,
-        {
-            "tls_server_config": {
-                "cert_file": str(pki["server_cert"]),
-                "key_file": str(pki["server_key"]),
-            }
-        },
-    )
-    port = serve(load_web_config(path))
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    with pytest.raises((http.client.HTTPException, ConnectionError)):
-        get(connection, "/metrics")
-    connection.close()
-
-
-def client_cert_config(directory: Path, pki: dict[str, Path], sans: list[str]) -> WebConfig:
-    tls: dict[str, object] = {
-        "cert_file": str(pki["server_cert"]),
-        "key_file": str(pki["server_key"]),
-        "client_auth_type": "RequireAndVerifyClientCert",
-        "client_ca_file": str(pki["client_cert"]),
-    }
-    if sans:
-        tls["client_allowed_sans"] = sans
-    return load_web_config(write_config(directory, {"tls_server_config": tls}))
-
-
-def test_client_certificate_required_and_verified(
-    tmp_path: Path, pki: dict[str, Path], serve: Callable[[WebConfig], int]
-) -> None:
-    port = serve(client_cert_config(tmp_path, pki, ["prometheus.example"]))
-    with_cert = https(port, pki, client_cert=True)
-    assert get(with_cert, "/healthz")[0] == 200
-    with_cert.close()
-    without_cert = https(port, pki)
-    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-        get(without_cert, "/healthz")
-    without_cert.close()
-
-
-def test_client_certificate_without_an_allowed_san_is_dropped(
-    tmp_path: Path, pki: dict[str, Path], serve: Callable[[WebConfig], int]
-) -> None:
-    port = serve(client_cert_config(tmp_path, pki, ["other.example"]))
-    connection = https(port, pki, client_cert=True)
-    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-        get(connection, "/healthz")
-    connection.close()
-
-
-def test_inline_certificate_and_key(
-    tmp_path: Path, pki: dict[str, Path], serve: Callable[[WebConfig], int]
-) -> None:
-    inline = {"cert": pki["server_cert"].read_text(), "key": pki["server_key"].read_text()}
-    config = load_web_config(write_config(tmp_path, {"tls_server_config": inline}))
-    assert "PRIVATE KEY" not in repr(config)
-    connection = https(serve(config), pki)
-    assert get(connection, "/healthz")[0] == 200
-    connection.close()
-
-
 def test_rate_limit_answers_429_past_the_burst(
     tmp_path: Path, serve: Callable[[WebConfig], int]
 ) -> None:
@@ -314,19 +163,6 @@ def test_rate_limit_answers_429_past_the_burst(
     connection = http.client.HTTPConnection("127.0.0.1", serve(config), timeout=30)
     assert [get(connection, "/healthz")[0] for _ in range(3)] == [200, 200, 429]
     connection.close()
-
-
-def test_authenticator_caches_only_verified_credentials(password_hash: str) -> None:
-    authenticator = BasicAuthenticator({"prometheus": password_hash.encode()})
-    good = basic("prometheus", PASSWORD)["Authorization"].encode()
-    bad = basic("prometheus", "guess")["Authorization"].encode()
-    assert not authenticator.check_cached(good)
-    assert authenticator.verify(good)
-    assert authenticator.check_cached(good)
-    assert not authenticator.verify(bad)
-    assert not authenticator.check_cached(bad)
-    assert not authenticator.check_cached(b"Bearer token")
-    assert not authenticator.verify(b"Basic !!!not-base64")
 
 
 def test_pipelined_requests_keep_their_order_around_password_checks(
@@ -346,3 +182,113 @@ def test_pipelined_requests_keep_their_order_around_password_checks(
             received += chunk
     assert re.findall(rb"HTTP/1\.1 (\d+)", received) == [b"200", b"401", b"200", b"401"]
     assert received.index(b"\r\n\r\nok\n") < received.index(b"\r\n\r\nready\n")
+
+
+def test_bcrypt_costs_above_14_are_refused_at_load_naming_file_and_user(tmp_path: Path) -> None:
+    cheap = bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=4)).decode()
+    users = {
+        "alice": cheap.replace("$04$", "$31$"),  # a check would take days: start-up must not try
+        "bob": cheap.replace("$04$", "$15$"),
+        "carol": cheap.replace("$04$", "$14$"),  # the cap itself is accepted
+    }
+    path = write_config(tmp_path, {"basic_auth_users": users})
+    with pytest.raises(WebConfigError) as raised:
+        load_web_config(path)
+    assert raised.value.problems == list(
+        f"{path}: basic_auth_users.{user}: bcrypt cost {cost} is outside 4-14, the range this "
+        "exporter verifies; hash the password again, e.g. htpasswd -nBC 10"
+        for user, cost in (("alice", 31), ("bob", 15))
+    )
+    del users["alice"], users["bob"]
+    assert load_web_config(write_config(tmp_path, {"basic_auth_users": users})).basic_auth_users
+
+
+def test_limits_are_read_from_the_web_config_and_checked(tmp_path: Path) -> None:
+    limits = {
+        "max_connections": 50,
+        "max_connections_per_client": 5,
+        "request_head_timeout": "2s",
+        "idle_timeout": "1m30s",
+        "max_request_head_bytes": 8192,
+        "max_pending_password_checks": 0,
+    }
+    config = load_web_config(write_config(tmp_path, {"limits": limits}))
+    assert config.apply_limits(Limits()) == Limits(
+        max_connections=50,
+        max_connections_per_client=5,
+        request_head_timeout=2.0,
+        idle_timeout=90.0,
+        max_request_head_bytes=8192,
+        max_pending_password_checks=0,
+    )
+    assert load_web_config(write_config(tmp_path, "limits: {}")).apply_limits(Limits()) == Limits()
+    bad = {"max_connections": 0, "idle_timeout": "0s", "request_head_timeout": 10, "slots": 1}
+    path = write_config(tmp_path, {"limits": bad}, name="bad.yml")
+    with pytest.raises(WebConfigError) as raised:
+        load_web_config(path)
+    assert sorted(raised.value.problems) == sorted(
+        [
+            f"{path}: limits.max_connections: must be an integer of at least 1",
+            f"{path}: limits.idle_timeout: must be above 0s",
+            f"{path}: limits.request_head_timeout: must be a duration such as 1s or 100ms",
+            f"{path}: limits.slots: unknown key (expected one of: idle_timeout, "
+            "max_connections, max_connections_per_client, max_pending_password_checks, "
+            "max_request_head_bytes, request_head_timeout)",
+        ]
+    )
+
+
+def test_the_web_configs_limits_are_what_the_server_enforces(
+    tmp_path: Path, serve: Callable[[WebConfig], int]
+) -> None:
+    config = load_web_config(write_config(tmp_path, {"limits": {"max_connections": 1}}))
+    port = serve(config)
+    first = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    assert get(first, "/healthz")[0] == 200  # served: its slot is not given away
+    second = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    assert get(second, "/healthz")[0] == 503  # the default limit (1000) would serve it
+    first.close()
+    second.close()
+
+
+def test_reload_swaps_users_and_certificates_and_keeps_the_old_config_when_files_fail(
+    tmp_path: Path, pki: dict[str, Path], password_hash: str, exposition: Exposition
+) -> None:
+    server = WebServer(
+        listen_address="127.0.0.1:0",
+        get_exposition=lambda: exposition,
+        ready=lambda: (True, ""),
+        web_config=load_web_config(write_config(tmp_path, {"basic_auth_users": {}}, "a.yml")),
+    )
+    port = server.start()
+    try:
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        assert get(plain, "/metrics")[0] == 200  # no users yet
+        renewed_cert, renewed_key = self_signed(tmp_path, "renewed", "IP:127.0.0.1")
+        tls = {"cert_file": str(renewed_cert), "key_file": str(renewed_key)}
+        users = {"prometheus": password_hash}
+        server.reload(
+            load_web_config(
+                write_config(tmp_path, {"tls_server_config": tls, "basic_auth_users": users})
+            )
+        )
+        # The open plain connection keeps its transport, but its next request is checked.
+        assert get(plain, "/metrics")[0] == 401
+        plain.close()
+        old_ca = https(port, pki)  # trusts only the first certificate: the new one fails it
+        with pytest.raises(ssl.SSLCertVerificationError):
+            get(old_ca, "/healthz")
+        old_ca.close()
+        context = ssl.create_default_context(cafile=renewed_cert)
+        renewed = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        status, _, body = get(renewed, "/metrics", basic("prometheus", PASSWORD))
+        assert (status, body) == (200, exposition.text)
+        broken = load_web_config(write_config(tmp_path, {"tls_server_config": tls}, "b.yml"))
+        renewed_key.unlink()  # gone between load and reload: the reload fails, nothing changes
+        with pytest.raises(OSError):
+            server.reload(broken)
+        assert get(renewed, "/metrics", basic("prometheus", PASSWORD))[0] == 200
+        assert get(renewed, "/metrics")[0] == 401
+        renewed.close()
+    finally:
+        server.stop()

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import errno
 import gzip
-import select
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pg_runbook_exporter import __version__
-from pg_runbook_exporter.exposition import (
-    EMPTY,
+from pg_runbook_exporter.exposition import EMPTY, Exposition, render
+from pg_runbook_exporter.web.limits import Limits
+from pg_runbook_exporter.web.negotiation import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
-    Exposition,
     Variant,
     negotiate,
-    render,
 )
 from pg_runbook_exporter.web.server import WebServer, parse_listen_address
+from tests.support.webclient import Client, read_response, request, server_factory
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -47,58 +44,6 @@ def small_registry() -> CollectorRegistry:
 
 
 @dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def read_response(stream: BinaryIO, *, head: bool = False) -> Response:
-    """One response from a buffered socket file; the body by Content-Length."""
-    reader = stream.readline
-    status_line = reader()
-    assert status_line, "connection closed before a response"
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := reader()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = 0 if head else int(headers["content-length"])
-    body = stream.read(length) if length else b""
-    return Response(status, headers, body)
-
-
-def request(
-    path: str = "/metrics", *, method: str = "GET", headers: dict[str, str] | None = None
-) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-class Client:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.file = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def get(
-        self, path: str = "/metrics", *, method: str = "GET", headers: dict[str, str] | None = None
-    ) -> Response:
-        self.send(request(path, method=method, headers=headers))
-        return read_response(self.file, head=method == "HEAD")
-
-    def closed_by_server(self) -> bool:
-        return self.file.read(1) == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-@dataclass
 class Holder:
     """What the collection side publishes: plain attributes the server reads."""
 
@@ -113,22 +58,17 @@ def exposition() -> Exposition:
 
 @pytest.fixture
 def serve(exposition: Exposition) -> Iterator[Callable[..., tuple[int, Holder]]]:
-    servers: list[WebServer] = []
+    start_server, stop_all = server_factory()
 
     def start(**kwargs: Any) -> tuple[int, Holder]:
         holder = Holder(exposition)
-        server = WebServer(
-            listen_address="127.0.0.1:0",
-            get_exposition=lambda: holder.exposition,
-            ready=lambda: holder.ready,
-            **kwargs,
+        server = start_server(
+            get_exposition=lambda: holder.exposition, ready=lambda: holder.ready, **kwargs
         )
-        servers.append(server)
-        return server.start(), holder
+        return server.port, holder
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all()
 
 
 @pytest.fixture
@@ -267,18 +207,43 @@ def test_request_with_a_body_is_answered_then_closed(client: Client) -> None:
     assert client.closed_by_server()
 
 
-def test_missing_host_and_malformed_lines_are_400(serve: Callable[..., tuple[int, Holder]]) -> None:
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET /metrics HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n", 400),  # two
+        (b"GET /metrics\r\nHost: h\r\n\r\n", 400),  # HTTP/0.9
+        (b"GET /metrics HTTP/2.0\r\nHost: h\r\n\r\n", 505),
+        (b"GET /metrics HTTP/1.1\r\nHost : h\r\n\r\n", 400),  # space before the colon
+        (b"GET /metrics HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n", 400),  # bare CR
+        (b"GET /metrics HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n", 400),  # NUL
+        (b"GET /metrics HTTP/1.1\r\nHost: h\r\nX(A): a\r\n\r\n", 400),  # not a token
+        (b"GET /metrics HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n", 400),  # folded
+        (b"GET /metrics HTTP/1.1\nHost: h\n\n", 400),  # LF without CR
+        (b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # space in the target
+        (b"G(T /metrics HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # no such method
+        (b"POST /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n", 400),  # smuggling: both body framings
+    ],
+)  # fmt: skip
+def test_malformed_requests_are_refused_and_the_connection_closed(
+    serve: Callable[..., tuple[int, Holder]], raw: bytes, status: int
+) -> None:
     port, _ = serve()
-    for raw in (
-        b"GET /metrics HTTP/1.1\r\n\r\n",
-        b"GET /metrics\r\nHost: h\r\n\r\n",
-        b"GET /metrics HTTP/1.1\r\nHost : h\r\n\r\n",
-    ):
-        client = Client(port)
-        client.send(raw)
-        assert read_response(client.file).status == 400
-        assert client.closed_by_server()
-        client.close()
+    client = Client(port)
+    client.send(raw + request("/healthz"))  # never answered: nothing after a bad head is read
+    response = read_response(client.file)
+    assert response.status == status
+    assert response.headers["connection"] == "close"
+    assert client.closed_by_server()
+    client.close()
+
+
+def test_many_pipelined_requests_in_one_packet_are_answered_in_order(client: Client) -> None:
+    paths = ["/healthz", "/readyz", "/nope"] * 300
+    client.send(b"".join(request(path) for path in paths))
+    statuses = [read_response(client.file).status for _ in paths]
+    assert statuses == [200, 200, 404] * 300
 
 
 def test_oversized_request_head_gets_431_and_close(client: Client) -> None:
@@ -288,39 +253,8 @@ def test_oversized_request_head_gets_431_and_close(client: Client) -> None:
     assert client.closed_by_server()
 
 
-def test_a_client_dribbling_its_head_is_closed_while_others_scrape(
-    serve: Callable[..., tuple[int, Holder]], exposition: Exposition
-) -> None:
-    port, _ = serve(header_timeout=2.0)
-    slow = socket.create_connection(("127.0.0.1", port), timeout=30)
-    dribble = iter(request(headers={"X-Slow": "z" * 200})[:-2])  # never ends the head
-    scrapes_while_connected = 0
-    for _ in range(30):
-        slow.sendall(bytes([next(dribble)]))
-        other = Client(port)
-        assert other.get().body == exposition.text
-        other.close()
-        scrapes_while_connected += 1
-        readable, _, _ = select.select([slow], [], [], 1.0)  # one byte per second
-        if readable:
-            break
-    response = read_response(slow.makefile("rb"))
-    assert response.status == 408
-    assert slow.recv(1) == b""
-    assert scrapes_while_connected >= 1
-    slow.close()
-
-
-def test_idle_keep_alive_connection_is_closed(serve: Callable[..., tuple[int, Holder]]) -> None:
-    port, _ = serve(idle_timeout=1.0)
-    client = Client(port)
-    assert client.get("/healthz").status == 200
-    assert client.closed_by_server()  # without a response: nothing was asked
-    client.close()
-
-
 def test_connections_over_the_limit_get_503(serve: Callable[..., tuple[int, Holder]]) -> None:
-    port, _ = serve(max_connections=2)
+    port, _ = serve(limits=Limits(max_connections=2))
     first, second = Client(port), Client(port)
     assert first.get("/healthz").status == 200
     assert second.get("/healthz").status == 200
@@ -407,32 +341,6 @@ def test_promtool_accepts_the_served_exposition(client: Client) -> None:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout + checked.stderr == b""
-
-
-def test_a_client_that_never_reads_is_dropped_while_others_scrape(
-    serve: Callable[..., tuple[int, Holder]],
-) -> None:
-    port, holder = serve(idle_timeout=1.0)
-    registry = CollectorRegistry()
-    gauge = Gauge("pgrb_wide", "Many series.", ["n"], registry=registry)
-    for n in range(2000):
-        gauge.labels(str(n)).set(n)
-    holder.exposition = render(registry)
-    hog = socket.create_connection(("127.0.0.1", port), timeout=30)
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    hog.sendall(request() * 200)  # ~12 MB of responses that are never read
-    error = 0
-    for _ in range(120):
-        other = Client(port)
-        assert other.get().body == holder.exposition.text
-        other.close()
-        # The server aborts the hog's connection: a reset leaves ECONNRESET pending on it.
-        error = hog.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            break
-        time.sleep(0.25)
-    assert error == errno.ECONNRESET
-    hog.close()
 
 
 def test_stop_closes_the_listener_and_open_connections(exposition: Exposition) -> None:
