@@ -1,0 +1,146 @@
+"""The package's layout rules: no import circles, a summary atop each module, short modules.
+
+The file list is meant to show the pipeline; these rules keep it that way as the code grows. Each
+test reads the source with ``ast`` (nothing is imported), so a violation names the file and line.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pg_runbook_exporter"
+NAME = PACKAGE.name
+MAX_LINES = 400
+# Modules allowed past MAX_LINES, each with the reason it is one piece.
+LONG_MODULES: dict[str, str] = {
+    f"{NAME}.config": "queries.yaml's schema and loader, validated in one pass: next to split",
+    f"{NAME}.mixin.dashdetail": "a table of the detail boards' panels: data, one entry a panel",
+    f"{NAME}.mixin.dashgen": "the health board's tiles, a table, beside the generator",
+    f"{NAME}.pgserver.binaries": "the four sources of PostgreSQL binaries, tried in order",
+}
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield ".".join(parts), path
+
+
+def top_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that ``name`` imports when it is imported (not inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name in known)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in known:
+                        found.add(f"{base}.{alias.name}")
+                    elif base in known:
+                        found.add(base)
+            elif isinstance(node, ast.If | ast.Try):  # TYPE_CHECKING blocks count: a circle is one
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    found.discard(name)
+    found.discard(NAME)  # the package's __init__ holds only the version
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                connect(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            connect(node)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    found = dict(modules())
+    known = set(found)
+    return {name: top_level_imports(name, path, known) for name, path in found.items()}
+
+
+def test_the_package_has_no_import_circles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    # The rule above is only as good as this finder: a two-module circle must be reported.
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_relative_and_type_checking_imports_are_seen(tmp_path: Path) -> None:
+    module = tmp_path / "mod.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from . import other\n"
+        "if TYPE_CHECKING:\n"
+        "    from pkg.third import Thing\n"
+        "def later():\n"
+        "    from pkg import fourth\n"
+    )
+    known = {"pkg.mod", "pkg.other", "pkg.third", "pkg.fourth"}
+    assert top_level_imports("pkg.mod", module, known) == {"pkg.other", "pkg.third"}
+
+
+def test_every_module_opens_with_a_one_line_summary() -> None:
+    missing = []
+    for name, path in modules():
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        if not doc.split("\n", 1)[0].strip():
+            missing.append(name)
+    assert missing == []
+
+
+def test_modules_stay_short_unless_named_with_a_reason() -> None:
+    long = {
+        name: n
+        for name, path in modules()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert {name: n for name, n in long.items() if name not in LONG_MODULES} == {}
+    assert sorted(set(LONG_MODULES) - set(long)) == [], "no longer long: drop it from the list"
