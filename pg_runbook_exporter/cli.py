@@ -412,3 +412,54 @@ def generate(
         sys.exit(1 if drifted else 0)
     for path in generated.write(loaded, root=root, **urls):
         click.echo(f"wrote {path}")
+
+
+@main.command("verify-backup")
+@click.argument("backup", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config",
+    envvar="PGRB_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="queries.yaml with the checks (default: the bundled one).",
+)
+@click.option(
+    "--work-dir",
+    "work_dir",
+    envvar="PGRB_WORK_DIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Where the private (0700) directory of the restored copy goes (default: $TMPDIR).",
+)
+@click.option(
+    "--backup.state-dir",
+    "state_dir",
+    envvar="PGRB_BACKUP_STATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the verification record goes (default: beside the backup).",
+)
+@click.option(
+    "--pg.bindir",
+    "bindir",
+    envvar="PGRB_PG_BINDIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="PostgreSQL programs to use instead of the installed ones (psql, pg_restore, server).",
+)
+@click.option("--timeout", default="1h", show_default=True, help="Give up (and fail) after this.")
+@click.option(
+    "--database.url",
+    "database_url",
+    envvar="PGRB_DATABASE_URL",
+    help="Also compare the row counts with this live database (read-only, bounded).",
+)
+@click.option(
+    "--database.password-file",
+    "database_password_file",
+    envvar="PGRB_DATABASE_PASSWORD_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@_log_level_option
+def verify_backup(**options: Any) -> None:
+    """Restore BACKUP into a throwaway server, run the integrity checks, write a record."""
+    from pg_runbook_exporter.backup import command  # noqa: PLC0415
+
+    sys.exit(command.run(**options))
