@@ -1,0 +1,63 @@
+"""Real backups of a seeded portal database, written by pg_dump, for the backup tests.
+
+The database is seeded with the demo's data (``demo.SEED_SQL``), so every count a restored copy
+reports is known: ``SEEDED_TABLES`` and ``SEEDED_CHECKS``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg.conninfo
+
+from pg_runbook_exporter import demo
+from pg_runbook_exporter.pgserver.binaries import find_client_tool
+
+SEEDED_TABLES = {"users": demo.USERS, "id_mappings": demo.USERS + demo.ORPHANED_MAPPINGS}
+SEEDED_CHECKS = {
+    "id_mappings_orphaned": demo.ORPHANED_MAPPINGS,
+    "id_mappings_duplicate_whmcs_ids": demo.DUPLICATE_WHMCS_IDS,
+    "id_mappings_duplicate_whmcs_rows": 2 * demo.DUPLICATE_WHMCS_IDS,
+    "id_mappings_duplicate_sf_ids": demo.DUPLICATE_SF_IDS,
+    "id_mappings_duplicate_sf_rows": 3 * demo.DUPLICATE_SF_IDS,
+}
+
+
+@dataclass(frozen=True)
+class Dumps:
+    """One seeded database written in each format (file names as the runbook's commands make)."""
+
+    plain: Path
+    gzip: Path
+    custom: Path
+
+    def by_format(self, name: str) -> Path:
+        path: Path = getattr(self, name)
+        return path
+
+
+def pg_dump(dsn: str, out: Path, *args: str, program: Path | None = None) -> Path:
+    """Run pg_dump (the newest installed, or ``program``) on ``dsn``; the password by env."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    password = str(params.pop("password", "") or "")
+    tool = program or find_client_tool("pg_dump", min_major=18)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = password
+    subprocess.run(
+        [str(tool), "-d", psycopg.conninfo.make_conninfo("", **params), "-f", str(out), *args],
+        check=True, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return out
+
+
+def write_dumps(dsn: str, directory: Path, stamp: str = "20261201_020000") -> Dumps:
+    """The database at ``dsn`` as backup_<stamp>.sql, .sql.gz and .dump in ``directory``."""
+    plain = pg_dump(dsn, directory / f"backup_{stamp}.sql")
+    gzipped = directory / f"backup_{stamp}.sql.gz"
+    gzipped.write_bytes(gzip.compress(plain.read_bytes()))
+    custom = pg_dump(dsn, directory / f"backup_{stamp}.dump", "-Fc")
+    return Dumps(plain=plain, gzip=gzipped, custom=custom)
