@@ -27,7 +27,7 @@ from pg_runbook_exporter.collector import RunbookCollector
 from pg_runbook_exporter.config import Config, ConfigError, load_config
 from pg_runbook_exporter.database_url import DatabaseTarget, DatabaseUrlError, parse_database_url
 from pg_runbook_exporter.logs import setup_logging
-from pg_runbook_exporter.mixin import alertrules
+from pg_runbook_exporter.mixin import options as mixin_options
 from pg_runbook_exporter.report import describe, format_table
 from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.state import ResultCache
@@ -355,6 +355,18 @@ def demo(listen_address: str, major: int, log_level: str) -> None:
             serve(common, listen_address=listen_address, on_ready=announce)
 
 
+def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str], Any]:
+    """A click callback: ``parse``'s ValueError becomes a usage error naming the option."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return callback
+
+
 @main.command()
 @click.option(
     "--config",
@@ -379,38 +391,62 @@ def demo(listen_address: str, major: int, log_level: str) -> None:
 @click.option(
     "--alerts.runbook-base-url",
     "runbook_base_url",
-    default=alertrules.DEFAULT_RUNBOOK_BASE_URL,
+    default=mixin_options.DEFAULT_RUNBOOK_BASE_URL,
     show_default=True,
     help="Where the playbooks (docs/alerts/) are served; + <AlertName>.md.",
 )
 @click.option(
     "--alerts.dashboard-base-url",
     "dashboard_base_url",
-    default=alertrules.DEFAULT_DASHBOARD_BASE_URL,
+    default=mixin_options.DEFAULT_DASHBOARD_BASE_URL,
     show_default=True,
     help="Grafana's /d/ URL; + the board's uid.",
+)
+@click.option(
+    "--mixin.job",
+    "job",
+    callback=_parsed(mixin_options.parse_job),
+    default=mixin_options.DEFAULT_JOB,
+    show_default=True,
+    help="The job Prometheus scrapes the exporter as: the rules' up{job=…} and their tests' "
+    "series (the boards list the jobs that export pgrb_up).",
+)
+@click.option(
+    "--mixin.selector",
+    "selector",
+    callback=_parsed(mixin_options.parse_selector),
+    default="",
+    metavar='LABEL="VALUE",…',
+    help='Equality matchers, e.g. \'cluster="eu1", env="prod"\', that every selector of the '
+    "rules, their tests' series and the boards' queries carries (default: none).",
 )
 def generate(
     config: str | None,
     root: Path,
     check_only: bool,
+    *,
     runbook_base_url: str,
     dashboard_base_url: str,
+    job: str,
+    selector: tuple[tuple[str, str], ...],
 ) -> None:
-    """Regenerate docs, alert rules, dashboards and README tables from queries.yaml."""
+    """Regenerate docs, alert rules and their promtool tests, dashboards and README tables."""
     from pg_runbook_exporter.mixin import generate as generated  # noqa: PLC0415
 
+    options = mixin_options.MixinOptions(runbook_base_url, dashboard_base_url, job, selector)
     try:
         loaded = load_config(Path(config) if config else None)
+        if check_only:
+            drifted = generated.drift(loaded, root=root, options=options)
+        else:
+            written = generated.write(loaded, root=root, options=options)
     except ConfigError as exc:
         _fail_config(exc.problems)
-    urls = {"runbook_base_url": runbook_base_url, "dashboard_base_url": dashboard_base_url}
     if check_only:
-        drifted = generated.drift(loaded, root=root, **urls)
         for item in drifted:
             click.echo(f"{item.path}: {item.reason}; run `pg-runbook-exporter generate`", err=True)
         sys.exit(1 if drifted else 0)
-    for path in generated.write(loaded, root=root, **urls):
+    for path in written:
         click.echo(f"wrote {path}")
 
 

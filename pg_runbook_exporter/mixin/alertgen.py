@@ -1,36 +1,32 @@
-"""Prometheus alert rules generated from one table and the thresholds in queries.yaml ``settings``.
+"""Prometheus alert rules rendered from alerts.yaml and the thresholds in queries.yaml ``settings``.
 
-Each rule below is a template: ``%(setting)s`` is replaced by the setting's value (``%(name:fmt)s``
-formats it for people: ``duration``, ``bytes``, ``percent``, ``count``), ``{{ … }}`` is Prometheus
-templating, left as is. A warning and a critical rule about the same fault share an alert name, so
-Alertmanager's ``equal: [alertname, …]`` inhibition lets the page silence its ticket.
-
-Assumptions the rules make (docs/alerts/README.md): Prometheus scrapes the exporter as job ``JOB``
-and one exporter watches one database server, so ``instance`` names the server.
+Assumptions the rules make (docs/alerts/README.md): Prometheus scrapes the exporter as job
+``--mixin.job`` (its series carry the ``--mixin.selector`` labels) and one exporter watches one
+database server, so ``instance`` names the server.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
-from pg_runbook_exporter.config import Config
+from pg_runbook_exporter.config import Config, ConfigError
 from pg_runbook_exporter.mixin.alertrules import (
-    DEFAULT_DASHBOARD_BASE_URL,
-    DEFAULT_RUNBOOK_BASE_URL,
+    ALERTS_FILE,
     JOB,
-    RULES,
+    PLACEHOLDER,
     RULES_FILE,
+    TEXTS,
     AlertRule,
+    placeholders,
+    rules,
 )
+from pg_runbook_exporter.mixin.options import MixinOptions
 
-logger = logging.getLogger(__name__)
-
-_SETTING = re.compile(r"%\((\w+)(?::(\w+))?\)s")
+DEFAULTS = MixinOptions()
 
 
 def _number(value: float) -> str:
@@ -68,34 +64,72 @@ _FORMATS: dict[str | None, Callable[[float], str]] = {
     "count": lambda v: f"{int(v):,}",
     "for": _prometheus_duration,
 }
+GROUP_PREFIX = "pg-runbook-exporter."  # rule groups keep the project's name, whatever the job
 
 
-def fill(template: str, config: Config) -> str:
-    """Replace every ``%(setting[:format])s`` by the setting's value."""
+def _numeric(config: Config, name: str) -> float | None:
+    try:
+        value = config.setting(name)
+    except KeyError:
+        return None
+    return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+
+
+def fill(template: str, config: Config, options: MixinOptions = DEFAULTS) -> str:
+    """Replace every ``${setting[:format]}`` by the setting's value and ``${job}`` by the job."""
 
     def value(match: re.Match[str]) -> str:
         name, fmt = match.group(1), match.group(2)
-        setting = config.setting(name)
-        if not isinstance(setting, int | float) or isinstance(setting, bool):
-            raise ValueError(f"setting {name} is not a number: {setting!r}")
-        if fmt not in _FORMATS:
-            raise ValueError(f"unknown format {fmt!r} in %({name}:{fmt})s")
-        return _FORMATS[fmt](setting)
+        if name == JOB:
+            return options.job
+        number = _numeric(config, name)
+        if number is None:
+            raise ValueError(f"${{{name}}}: no numeric setting {name} in {config.path}")
+        return _FORMATS[fmt](number)
 
-    text = _SETTING.sub(value, template)
+    text = PLACEHOLDER.sub(value, template)
     # rules are written for the default namespace
     return re.sub(r"\bpgrb_", f"{config.namespace}_", text) if config.namespace != "pgrb" else text
 
 
+def select(expr: str, config: Config, options: MixinOptions = DEFAULTS) -> str:
+    """``expr`` with the extra selector added to every selector of ``up`` and of the exporter."""
+    if not options.selector:
+        return expr
+    # a brace group on its own is skipped whole, so no label inside one is taken for a metric
+    selector = re.compile(
+        rf'(\{{[^}}]*\}})|(?<![\w:."$])(up|{re.escape(config.namespace)}_\w+)\b(\{{[^}}]*\}})?'
+    )
+
+    def add(match: re.Match[str]) -> str:
+        if match.group(1) is not None:
+            return match.group(0)
+        inner = (match.group(3) or "{}")[1:-1].strip()
+        return f"{match.group(2)}{{{inner + ', ' if inner else ''}{options.matchers}}}"
+
+    return selector.sub(add, expr)
+
+
 def settings_used(rule: AlertRule) -> set[str]:
-    """Names of the settings a rule's expression, threshold or text uses."""
-    texts = (rule.expr, rule.for_, rule.threshold, rule.summary, rule.description)
-    return {m.group(1) for text in texts for m in _SETTING.finditer(text)}
+    """Names of the settings a rule's expression, ``for`` or texts use."""
+    texts = (rule.for_, *(getattr(rule, key) for key in TEXTS))
+    return {name for text in texts for name, _ in placeholders(text) if name != JOB}
 
 
-def alert_names() -> list[str]:
-    """Every alert name once, in table order."""
-    return list(dict.fromkeys(rule.name for rule in RULES))
+def check_settings(config: Config) -> None:
+    """Every setting the rules name is a number in ``config``, or a ConfigError says where not."""
+    problems = []
+    for rule in rules():
+        for key in ("for", *TEXTS):
+            text = getattr(rule, "for_" if key == "for" else key)
+            for name, _ in placeholders(text):
+                if name != JOB and _numeric(config, name) is None:
+                    problems.append(
+                        f"{ALERTS_FILE}: {rule.source}.{key}: ${{{name}}} names no numeric "
+                        f"setting of {config.path}"
+                    )
+    if problems:
+        raise ConfigError(sorted(set(problems)))
 
 
 def _dashboard_url(rule: AlertRule, base: str) -> str:
@@ -104,22 +138,30 @@ def _dashboard_url(rule: AlertRule, base: str) -> str:
     return f"{base}{rule.dashboard}?{params}"
 
 
-def _rendered(
-    rule: AlertRule, config: Config, *, runbook: str, dashboard: str, for_: str | None
-) -> dict[str, Any]:
+def render(rule: AlertRule, config: Config, options: MixinOptions = DEFAULTS) -> dict[str, Any]:
+    """One rule as Prometheus reads it."""
     return {
         "alert": rule.name,
-        "expr": fill(rule.expr, config) + "\n" if "\n" in rule.expr else fill(rule.expr, config),
-        "for": for_ if for_ is not None else fill(rule.for_, config),
+        "expr": select(fill(rule.expr, config, options), config, options),
+        "for": fill(rule.for_, config, options),
         "labels": {"severity": rule.severity},
         "annotations": {
-            "summary": fill(rule.summary, config),
-            "description": fill(rule.description, config),
-            "runbook_url": f"{runbook}{rule.name}.md",
-            "dashboard_url": _dashboard_url(rule, dashboard),
+            "summary": fill(rule.summary, config, options),
+            "description": fill(rule.description, config, options),
+            "runbook_url": f"{options.runbook_base_url}{rule.name}.md",
+            "dashboard_url": _dashboard_url(rule, options.dashboard_base_url),
             "runbook_section": rule.runbook_section,
         },
     }
+
+
+def document(config: Config, options: MixinOptions = DEFAULTS) -> dict[str, Any]:
+    """The rule file's content: one rule group per group of alerts.yaml."""
+    check_settings(config)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rule in rules():
+        groups.setdefault(GROUP_PREFIX + rule.group, []).append(render(rule, config, options))
+    return {"groups": [{"name": name, "rules": items} for name, items in groups.items()]}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -134,42 +176,26 @@ def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def generate(
-    config: Config,
-    *,
-    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
-    dashboard_base_url: str = DEFAULT_DASHBOARD_BASE_URL,
-    for_override: str | None = None,
-) -> dict[str, str]:
-    """Relative path (under alerts/) → content of the generated rule file(s)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rule in RULES:
-        rendered = _rendered(
-            rule, config, runbook=runbook_base_url, dashboard=dashboard_base_url, for_=for_override
-        )
-        groups.setdefault(f"{JOB}.{rule.group}", []).append(rendered)
-    document = {"groups": [{"name": name, "rules": rules} for name, rules in groups.items()]}
+def dump(data: Any) -> str:
+    """YAML as the generated files write it: keys in order, expressions as blocks."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def generate(config: Config, options: MixinOptions = DEFAULTS) -> dict[str, str]:
+    """Relative path (under alerts/) → content of the generated rule file."""
     header = (
-        "# Generated from pg_runbook_exporter/mixin/alertrules.py and the settings of\n"
+        "# Generated from pg_runbook_exporter/mixin/alerts.yaml and the settings of\n"
         "# pg_runbook_exporter/queries.yaml by"
         " `pg-runbook-exporter generate`; edit those, not this file. Playbooks: docs/alerts/.\n"
     )
-    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
-    return {RULES_FILE: header + body}
+    return {RULES_FILE: header + dump(document(config, options))}
 
 
-def alerts_markdown(config: Config) -> str:
+def alerts_markdown(config: Config, options: MixinOptions = DEFAULTS) -> str:
     """A Markdown table of every rule: alert (linked to its playbook), severity, threshold, for."""
     lines = ["| alert | severity | threshold | for |", "|---|---|---|---|"]
-    for rule in RULES:
+    for rule in rules():
         link = f"[{rule.name}](docs/alerts/{rule.name}.md)"
-        threshold = fill(rule.threshold, config).replace("|", "\\|")
+        threshold = fill(rule.condition, config, options).replace("|", "\\|")
         lines.append(f"| {link} | {rule.severity} | {threshold} | {fill(rule.for_, config)} |")
     return "\n".join(lines) + "\n"
-
-
-def thresholds(config: Config) -> Mapping[str, float]:
-    """Every numeric setting some rule uses, by name (what tests derive their examples from)."""
-    used = sorted({name for rule in RULES for name in settings_used(rule)})
-    values = {name: config.setting(name) for name in used}
-    return {name: float(v) for name, v in values.items() if isinstance(v, int | float)}

@@ -8,8 +8,6 @@ empty on a healthy database says so (``empty``); the end-to-end test seeds the f
 
 from __future__ import annotations
 
-import logging
-
 from pg_runbook_exporter.mixin.dashpanels import (
     ANY,
     CRIT,
@@ -30,8 +28,6 @@ from pg_runbook_exporter.mixin.dashpanels import (
     table,
     timeseries,
 )
-
-logger = logging.getLogger(__name__)
 
 CONNECTIONS = "pgrb-connections"
 MAINTENANCE = "pgrb-maintenance"

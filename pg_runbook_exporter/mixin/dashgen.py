@@ -9,7 +9,6 @@ and Grafana provisioning files for the boards and a Prometheus datasource.
 from __future__ import annotations
 
 import json
-import logging
 
 import yaml
 
@@ -29,7 +28,6 @@ from pg_runbook_exporter.mixin.dashpanels import (
     CRIT,
     OK,
     RATE,
-    SCOPE,
     WARN,
     Board,
     Mapping,
@@ -46,8 +44,9 @@ from pg_runbook_exporter.mixin.dashpanels import (
     timeseries,
 )
 from pg_runbook_exporter.mixin.dashrender import TAG, render_board
+from pg_runbook_exporter.mixin.options import MixinOptions
 
-logger = logging.getLogger(__name__)
+DEFAULTS = MixinOptions()
 
 HEALTH = "pgrb-health"
 EXPORTER = "pgrb-exporter"
@@ -297,10 +296,10 @@ def exporter_board(m: Metrics) -> Board:
            runbook=runbook),
         ts("Series per check", (q(m.sel("check_series"), per_check),), unit="short",
            what="Series each check exports now (capped by max_series).", runbook=runbook),
-        ts("Exporter CPU", (q(f"rate(process_cpu_seconds_total{{{SCOPE}}}{RATE})", "cpu"),),
+        ts("Exporter CPU", (q(f"rate(process_cpu_seconds_total{{{m.scope}}}{RATE})", "cpu"),),
            unit="percentunit", width=12, what="CPU the exporter process uses (100 % = one core).",
            runbook=runbook),
-        ts("Exporter memory", (q(f"process_resident_memory_bytes{{{SCOPE}}}", "resident"),),
+        ts("Exporter memory", (q(f"process_resident_memory_bytes{{{m.scope}}}", "resident"),),
            unit="bytes", width=12, what="Resident memory of the exporter process.",
            runbook=runbook),
     )  # fmt: skip
@@ -326,8 +325,8 @@ def health_board(m: Metrics) -> Board:
     )  # fmt: skip
 
 
-def boards(config: Config) -> tuple[Board, ...]:
-    metrics = Metrics(config)
+def boards(config: Config, options: MixinOptions = DEFAULTS) -> tuple[Board, ...]:
+    metrics = Metrics(config, options.matchers)
     return (health_board(metrics), *detail_boards(metrics), exporter_board(metrics))
 
 
@@ -378,10 +377,10 @@ def provisioning() -> dict[str, str]:
     }
 
 
-def dashboards_markdown(config: Config) -> str:
+def dashboards_markdown(config: Config, options: MixinOptions = DEFAULTS) -> str:
     """The boards, what each answers, and their rows and panels, for the README."""
     lines = []
-    for board in boards(config):
+    for board in boards(config, options):
         lines.append(
             f"- **{board.title}** ([`dashboards/{board.uid}.json`](dashboards/{board.uid}.json), "
             f"uid `{board.uid}`): {board.answers}"
@@ -398,14 +397,14 @@ def dashboards_markdown(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate(config: Config) -> dict[str, str]:
+def generate(config: Config, options: MixinOptions = DEFAULTS) -> dict[str, str]:
     """Every file under ``dashboards/``: relative path → content."""
+    metrics = Metrics(config, options.matchers)
     files = {
         f"{board.uid}.json": json.dumps(
-            render_board(board, Metrics(config), tags=[TAG, "postgresql"]),
-            indent=2, ensure_ascii=False,
+            render_board(board, metrics, tags=[TAG, "postgresql"]), indent=2, ensure_ascii=False,
         ) + "\n"
-        for board in boards(config)
+        for board in boards(config, options)
     }  # fmt: skip
     files.update(provisioning())
     return files

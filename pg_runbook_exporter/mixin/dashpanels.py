@@ -9,15 +9,12 @@ the JSON.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertrules
+from pg_runbook_exporter.mixin.alertrules import rules
 from pg_runbook_exporter.selfmetrics import NAMES as SELF_METRICS
-
-logger = logging.getLogger(__name__)
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SCOPE = 'job=~"$job", instance=~"$instance"'
@@ -123,6 +120,7 @@ class Metrics:
     """Metric names of one config: ``m("connections")`` → ``pgrb_connections``, checked to exist."""
 
     config: Config
+    selector: str = ""  # the extra matchers of every query (``generate --mixin.selector``)
     known: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,9 +139,14 @@ class Metrics:
             raise KeyError(f"no metric {name!r} in {self.config.path}")
         return self.config.metric_name(name)
 
+    @property
+    def scope(self) -> str:
+        """The matchers every query of the boards carries: job, instance and the selector."""
+        return f"{SCOPE}, {self.selector}" if self.selector else SCOPE
+
     def sel(self, name: str, *matchers: str, db: bool = False) -> str:
         """``pgrb_<name>{job=~"$job", instance=~"$instance"[, datname=~"$datname"], …}``."""
-        parts = [SCOPE, *(['datname=~"$datname"'] if db else []), *matchers]
+        parts = [self.scope, *(['datname=~"$datname"'] if db else []), *matchers]
         return f"{self(name)}{{{', '.join(parts)}}}"
 
     def check_of(self, name: str) -> str:
@@ -195,7 +198,7 @@ ON_OFF = (Mapping(1, "on", "green"), Mapping(0, "off", "blue"))
 
 def alert_colour(alert: str) -> Colour:
     """The colour of ``alert``'s severity, for a state only that alert watches."""
-    severities = {rule.severity for rule in alertrules.RULES if rule.name == alert}
+    severities = {rule.severity for rule in rules() if rule.name == alert}
     if len(severities) != 1:
         raise ValueError(f"{alert} has severities {sorted(severities)}, not exactly one")
     return SEVERITY_COLOURS[severities.pop()]

@@ -7,7 +7,6 @@ row's panels flowing left to right, so no two panels overlap.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +19,6 @@ from pg_runbook_exporter.mixin.dashpanels import (
     Query,
     Step,
 )
-
-logger = logging.getLogger(__name__)
 
 # Current Grafana's dashboard model (12.x); newer releases migrate it without touching these boards.
 SCHEMA_VERSION = 41
@@ -231,6 +228,10 @@ def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dict[s
 def variables(metrics: Metrics) -> list[dict[str, Any]]:
     """``datasource`` → ``job`` → ``instance`` → ``datname``, each narrowing the next."""
     up = metrics("up")
+    extra = [metrics.selector] if metrics.selector else []
+    jobs = f"{up}{{{', '.join(extra)}}}" if extra else up
+    of_job = ", ".join(['job=~"$job"', *extra])
+    instances = f"{up}{{{of_job}}}"
     chain = [
         {
             "name": "datasource",
@@ -244,9 +245,9 @@ def variables(metrics: Metrics) -> list[dict[str, Any]]:
             "regex": "",
             "skipUrlSync": False,
         },
-        _query_variable("job", "Job", f"label_values({up}, job)", multi=False),
+        _query_variable("job", "Job", f"label_values({jobs}, job)", multi=False),
         _query_variable(
-            "instance", "Instance", f'label_values({up}{{job=~"$job"}}, instance)', multi=False
+            "instance", "Instance", f"label_values({instances}, instance)", multi=False
         ),
         _query_variable(
             "datname",

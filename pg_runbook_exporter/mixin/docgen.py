@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pg_runbook_exporter import selfmetrics
 from pg_runbook_exporter.config import Check, Config
+from pg_runbook_exporter.mixin.options import MixinOptions
 
 
 def _cell(text: str) -> str:
@@ -100,3 +101,8 @@ def metrics_markdown(config: Config) -> str:
         )
     lines += ["", "Process metrics (`process_*`) come from `prometheus_client`.", ""]
     return "\n".join(lines)
+
+
+def generate(config: Config, options: MixinOptions) -> dict[str, str]:
+    """The files under ``docs/`` (the metrics do not depend on the options)."""
+    return {"metrics.md": metrics_markdown(config)}

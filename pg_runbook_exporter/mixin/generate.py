@@ -1,20 +1,37 @@
-"""Everything derived from queries.yaml: docs, alert rules, dashboards, the README's tables.
+"""Everything derived from queries.yaml and alerts.yaml: docs, alert rules and their promtool tests,
+dashboards, the README's tables.
 
 ``pg-runbook-exporter generate`` writes these files; ``--check`` (and the test suite) fails when a
 committed file differs from what the generators produce, so nothing drifts from the checks.
+A new generator is one more line in ``GENERATORS`` (or ``README_SECTIONS``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertgen, alertrules, dashgen
-from pg_runbook_exporter.mixin.docgen import metrics_markdown
+from pg_runbook_exporter.mixin import alertgen, dashgen, docgen, ruletests
+from pg_runbook_exporter.mixin.options import MixinOptions
 
 README = "README.md"
+
+Generator = Callable[[Config, MixinOptions], Mapping[str, str]]
+# (folder, generator): the generator's paths are relative to the folder
+GENERATORS: tuple[tuple[str, Generator], ...] = (
+    ("docs", docgen.generate),
+    ("alerts", alertgen.generate),
+    ("alerts", ruletests.generate),
+    ("dashboards", dashgen.generate),
+)
+# (section of the README between <!-- begin NAME --> and <!-- end NAME -->, its Markdown)
+README_SECTIONS: tuple[tuple[str, Callable[[Config, MixinOptions], str]], ...] = (
+    ("alerts", alertgen.alerts_markdown),
+    ("dashboards", dashgen.dashboards_markdown),
+)
 
 
 @dataclass(frozen=True)
@@ -33,32 +50,25 @@ def replace_section(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
 
 
-def outputs(
-    config: Config,
-    *,
-    root: Path,
-    runbook_base_url: str = alertrules.DEFAULT_RUNBOOK_BASE_URL,
-    dashboard_base_url: str = alertrules.DEFAULT_DASHBOARD_BASE_URL,
-) -> dict[str, str]:
+def outputs(config: Config, *, root: Path, options: MixinOptions | None = None) -> dict[str, str]:
     """Relative path → content of every generated file (the README's tables when it exists)."""
-    files = {"docs/metrics.md": metrics_markdown(config)}
-    rules = alertgen.generate(
-        config, runbook_base_url=runbook_base_url, dashboard_base_url=dashboard_base_url
-    )
-    files.update({f"alerts/{p}": text for p, text in rules.items()})
-    files.update({f"dashboards/{p}": text for p, text in dashgen.generate(config).items()})
+    options = options or MixinOptions()
+    files: dict[str, str] = {}
+    for folder, generator in GENERATORS:
+        files.update({f"{folder}/{p}": text for p, text in generator(config, options).items()})
     readme_path = root / README
     if readme_path.is_file():  # a checkout; an installed copy writes into a folder without one
         readme = readme_path.read_text(encoding="utf-8")
-        readme = replace_section(readme, "alerts", alertgen.alerts_markdown(config))
-        files[README] = replace_section(readme, "dashboards", dashgen.dashboards_markdown(config))
+        for name, section in README_SECTIONS:
+            readme = replace_section(readme, name, section(config, options))
+        files[README] = readme
     return files
 
 
-def write(config: Config, *, root: Path, **urls: str) -> list[str]:
+def write(config: Config, *, root: Path, options: MixinOptions | None = None) -> list[str]:
     """Write every generated file that differs; returns the paths written."""
     written = []
-    for path, content in outputs(config, root=root, **urls).items():
+    for path, content in outputs(config, root=root, options=options).items():
         target = root / path
         if not target.is_file() or target.read_text(encoding="utf-8") != content:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -67,10 +77,10 @@ def write(config: Config, *, root: Path, **urls: str) -> list[str]:
     return written
 
 
-def drift(config: Config, *, root: Path, **urls: str) -> list[Drift]:
+def drift(config: Config, *, root: Path, options: MixinOptions | None = None) -> list[Drift]:
     """Generated files that are missing or differ from the generators' output."""
     found = []
-    for path, content in outputs(config, root=root, **urls).items():
+    for path, content in outputs(config, root=root, options=options).items():
         target = root / path
         if not target.is_file():
             found.append(Drift(path, "missing"))

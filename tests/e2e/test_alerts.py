@@ -25,7 +25,10 @@ import pytest
 import yaml
 
 from pg_runbook_exporter.config import Setting, load_config
-from pg_runbook_exporter.mixin import alertgen, alertrules
+from pg_runbook_exporter.mixin import alertgen
+from pg_runbook_exporter.mixin.alertrules import RULES_FILE, rules
+from pg_runbook_exporter.mixin.options import DEFAULT_RUNBOOK_BASE_URL, MixinOptions
+from tests.support.rules import rules_firing_at_once
 from tests.support.stack import (
     JOB,
     ExporterProcess,
@@ -46,6 +49,7 @@ CONFIG = load_config()
 COUNTER_ONLY = {"rate", "irate", "increase", "resets"}
 GAUGE_ONLY = {"delta", "idelta", "deriv", "predict_linear"}
 SYNTHETIC = {"up"}  # made by Prometheus for every target, not exported
+ALERT_NAMES = list(dict.fromkeys(rule.name for rule in rules()))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,8 +83,8 @@ def test_a_threshold_changed_in_queries_yaml_moves_the_rule() -> None:
             for s in CONFIG.settings
         ),
     )
-    before = _rules(alertgen.generate(CONFIG)[alertrules.RULES_FILE])
-    after = _rules(alertgen.generate(changed)[alertrules.RULES_FILE])
+    before = _rules(alertgen.generate(CONFIG)[RULES_FILE])
+    after = _rules(alertgen.generate(changed)[RULES_FILE])
     moved = [(b["expr"], a["expr"]) for b, a in zip(before, after, strict=True) if b != a]
     ratio = "pgrb_connections_usage_ratio >="
     assert moved == [(f"{ratio} 0.8", f"{ratio} 0.71")]
@@ -89,27 +93,32 @@ def test_a_threshold_changed_in_queries_yaml_moves_the_rule() -> None:
 
 def test_every_rule_threshold_is_a_setting() -> None:
     settings = {s.name: s for s in CONFIG.settings}
-    for rule in alertrules.RULES:
+    used = {settings[name].value for r in rules() for name in alertgen.settings_used(r)}
+    thresholds = {float(v) for v in used if isinstance(v, int | float)}
+    for rule in rules():
         for name in alertgen.settings_used(rule):
             setting: Setting = settings[name]
             assert isinstance(setting.value, int | float), name
         # any number left in an expression must be structural (0, 1, a window), not a threshold
         expr = alertgen.fill(rule.expr, CONFIG)
         literals = {float(n) for n in re.findall(r"(?<![\w.\[])(\d+(?:\.\d+)?)(?![\w\]])", expr)}
-        assert literals <= {0.0, 1.0} | {float(v) for v in alertgen.thresholds(CONFIG).values()}, (
+        assert literals <= {0.0, 1.0} | thresholds, (
             f"{rule.name}: a number in the expression is not from queries.yaml: {expr}"
         )
 
 
-def test_for_override_replaces_every_for() -> None:
-    rules = _rules(alertgen.generate(CONFIG, for_override="0s")[alertrules.RULES_FILE])
-    assert {r["for"] for r in rules} == {"0s"}
+def test_rules_firing_at_once_replace_every_for_and_nothing_else() -> None:
+    generated = _rules(alertgen.generate(CONFIG)[RULES_FILE])
+    fast = _rules(rules_firing_at_once(CONFIG))
+    assert {r["for"] for r in fast} == {"0s"}
+    assert [{**r, "for": "0s"} for r in generated] == fast
 
 
 def test_base_urls_are_configurable() -> None:
-    text = alertgen.generate(
-        CONFIG, runbook_base_url="https://wiki.internal/pg/", dashboard_base_url="https://g/d/"
-    )[alertrules.RULES_FILE]
+    options = MixinOptions(
+        runbook_base_url="https://wiki.internal/pg/", dashboard_base_url="https://g/d/"
+    )
+    text = alertgen.generate(CONFIG, options)[RULES_FILE]
     for rule in _rules(text):
         annotations = rule["annotations"]
         assert annotations["runbook_url"] == f"https://wiki.internal/pg/{rule['alert']}.md"
@@ -121,7 +130,7 @@ def test_every_dashboard_link_opens_a_board_that_shows_the_alert() -> None:
         board["uid"]: board
         for board in (json.loads(p.read_text(encoding="utf-8")) for p in DASHBOARDS.glob("*.json"))
     }
-    for rule in alertrules.RULES:
+    for rule in rules():
         board = boards.get(rule.dashboard)
         assert board is not None, f"{rule.name}: no dashboards/{rule.dashboard}.json"
         variables = {v["name"] for v in board.get("templating", {}).get("list", [])}
@@ -139,7 +148,7 @@ def test_every_dashboard_link_opens_a_board_that_shows_the_alert() -> None:
 def test_alerts_markdown_lists_every_rule() -> None:
     table = alertgen.alerts_markdown(CONFIG)
     rows = [line for line in table.splitlines() if line.startswith("| [")]
-    assert len(rows) == len(alertrules.RULES)
+    assert len(rows) == len(rules())
     assert (
         "| [PostgresLongRunningQuery](docs/alerts/PostgresLongRunningQuery.md) | warning | "
         "client query > 5 min | 1m |" in table
@@ -181,10 +190,10 @@ def test_promtool_accepts_every_rule_file(tmp_path: Path) -> None:
     files = sorted(ALERTS.glob("*.rules.yml"))
     assert files
     overridden = tmp_path / "overridden.rules.yml"
-    overridden.write_text(alertgen.generate(CONFIG, for_override="0s")[alertrules.RULES_FILE])
+    overridden.write_text(rules_firing_at_once(CONFIG))
     done = _run(promtool, "check", "rules", *map(str, files), str(overridden))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(alertrules.RULES)} rules found" in done.stdout
+    assert f"SUCCESS: {len(rules())} rules found" in done.stdout
 
 
 def test_amtool_accepts_the_alertmanager_example() -> None:
@@ -220,7 +229,7 @@ def test_info_reaches_nobody() -> None:
 
 
 def test_every_alert_has_a_playbook_and_every_playbook_an_alert() -> None:
-    names = set(alertgen.alert_names())
+    names = set(ALERT_NAMES)
     for name in sorted(names):
         path = PLAYBOOKS / f"{name}.md"
         assert path.is_file(), f"{name} has no playbook docs/alerts/{name}.md"
@@ -243,7 +252,7 @@ def test_playbook_sql_avoids_the_runbooks_mistakes() -> None:
             for statement in sql.split(";"):
                 if "pg_stat_activity" in statement and "count(*)" in statement:
                     assert "backend_type" in statement, f"counts every backend: {where}"
-    assert blocks >= len(alertgen.alert_names())
+    assert blocks >= len(ALERT_NAMES)
 
 
 def _diagnosis_statements() -> Iterator[tuple[str, str]]:
@@ -271,7 +280,7 @@ def test_playbook_diagnosis_sql_runs_on_postgresql(portal_db: Any) -> None:
         except Exception as exc:
             pytest.fail(f"{playbook}: {exc}\n{statement}")
         ran += 1
-    assert ran >= len(alertgen.alert_names())
+    assert ran >= len(ALERT_NAMES)
 
 
 # -- built on metrics the exporter exports -----------------------------------------------------
@@ -310,7 +319,7 @@ def test_every_metric_an_alert_uses_is_exported_with_the_right_type(
     finally:
         exporter.stop()
     used: dict[str, set[str | None]] = {}
-    for rule in alertrules.RULES:
+    for rule in rules():
         for name, function in _selectors(promql_parser.parse(alertgen.fill(rule.expr, CONFIG))):
             used.setdefault(name, set()).add(function)
     missing = sorted(set(used) - set(types) - SYNTHETIC)
@@ -359,12 +368,12 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
 ) -> None:
     server = own_server()
     db = pg_servers.portal_db(server)
-    rules = tmp_path / alertrules.RULES_FILE
-    rules.write_text(alertgen.generate(CONFIG, for_override="0s")[alertrules.RULES_FILE])
+    rule_file = tmp_path / RULES_FILE
+    rule_file.write_text(rules_firing_at_once(CONFIG))
     with prometheus_stack(
         tmp_path / "stack",
         database_url=db.monitor_dsn,
-        rule_files=[rules],
+        rule_files=[rule_file],
         alertmanager_config=_test_alertmanager_config,
     ) as stack:
         assert stack.webhook is not None
@@ -389,7 +398,7 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
         }
         annotations = page["annotations"]
         assert annotations["runbook_url"] == (
-            f"{alertrules.DEFAULT_RUNBOOK_BASE_URL}PortalIdMappingsOrphaned.md"
+            f"{DEFAULT_RUNBOOK_BASE_URL}PortalIdMappingsOrphaned.md"
         )
         assert annotations["description"].startswith(
             f"id_mappings on {instance} now has 3 rows whose portal user no longer exists"

@@ -58,12 +58,13 @@ import pytest
 import yaml
 from psycopg import sql
 
+from pg_runbook_exporter.mixin.options import DEFAULT_JOB
 from pg_runbook_exporter.validation import parse_duration
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-JOB = "pg-runbook-exporter"
+JOB = DEFAULT_JOB  # the job the generated rules select by default
 WAIT_SECONDS = 30.0
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"

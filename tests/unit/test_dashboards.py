@@ -30,6 +30,7 @@ from pg_runbook_exporter.mixin.dashpanels import (
     Panel,
 )
 from pg_runbook_exporter.mixin.dashrender import GRID_WIDTH, SCHEMA_VERSION, TAG
+from pg_runbook_exporter.mixin.options import DEFAULT_JOB
 from tests.support.stack import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -276,7 +277,7 @@ def test_generator_refuses_a_metric_the_config_does_not_export(config: Config) -
 
 def _rules() -> dict[str, list[alertrules.AlertRule]]:
     rules: dict[str, list[alertrules.AlertRule]] = {}
-    for rule in alertrules.RULES:
+    for rule in alertrules.rules():
         rules.setdefault(rule.name, []).append(rule)
     return rules
 
@@ -341,7 +342,7 @@ ARCHIVING_ROLES: dict[str, tuple[int, int | None]] = {
 def _archiving_series() -> list[dict[str, str]]:
     series = []
     for instance, (enabled, recovery) in ARCHIVING_ROLES.items():
-        labels = f'instance="{instance}",job="{alertrules.JOB}"'
+        labels = f'instance="{instance}",job="{DEFAULT_JOB}"'
         series.append(
             {"series": f"pgrb_wal_archiving_enabled{{{labels}}}", "values": f"{enabled}x10"}
         )
@@ -361,7 +362,7 @@ def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_stand
     models = {(uid, p.title): p for uid, p in model_panels(config)}
     tile = models[dashgen.HEALTH, "Oldest WAL not archived"]
     state = models[STORAGE, "WAL archiving"]
-    (alert,) = [r for r in alertrules.RULES if r.name == ARCHIVING_OFF]
+    (alert,) = [r for r in alertrules.rules() if r.name == ARCHIVING_OFF]
     assert ARCHIVING_OFF in tile.mirrors and ARCHIVING_OFF in state.mirrors
 
     def shown(panel: Panel, text: str) -> float:
@@ -381,7 +382,7 @@ def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_stand
         for panel, value in ((tile, tile_value), (state, state_value)):
             # `+ 0` fails on two series of one instance instead of hiding the second
             expr = f"({substitute(panel.queries[0].expr, values)}) + 0"
-            labels = "{}" if panel is tile else f'{{instance="{instance}",job="{alertrules.JOB}"}}'
+            labels = "{}" if panel is tile else f'{{instance="{instance}",job="{DEFAULT_JOB}"}}'
             tests.append(
                 {
                     "expr": expr,
@@ -389,7 +390,7 @@ def test_archiving_off_shows_in_its_alert_colour_on_a_primary_and_not_on_a_stand
                     "exp_samples": [{"labels": labels, "value": value}],
                 }
             )
-    primary_off = f'pgrb_wal_archiving_enabled{{instance="primary-off",job="{alertrules.JOB}"}}'
+    primary_off = f'pgrb_wal_archiving_enabled{{instance="primary-off",job="{DEFAULT_JOB}"}}'
     alert_test = {"expr": alertgen.fill(alert.expr, config), "eval_time": "5m"}
     tests.append({**alert_test, "exp_samples": [{"labels": primary_off, "value": 0}]})
     document = {
