@@ -110,6 +110,12 @@ def _unmet(requires: dict[str, Any], cur: psycopg.Cursor[Any], major: int) -> st
         row = cur.fetchone()
         if row is None or row[0] is None:
             return f"relation {rel} missing"
+    for name, value in (requires.get("settings", {}) or {}).items():
+        wanted = ("on" if value else "off") if isinstance(value, bool) else str(value)
+        cur.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,))
+        row = cur.fetchone()
+        if row is None or row[0] != wanted:
+            return f"needs {name} = {wanted}"
     return None
 
 

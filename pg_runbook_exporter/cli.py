@@ -420,6 +420,23 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
     help='Equality matchers, e.g. \'cluster="eu1", env="prod"\', that every selector of the '
     "rules, their tests' series and the boards' queries carries (default: none).",
 )
+@click.option(
+    "--mixin.node-job",
+    "node_job",
+    callback=_parsed(mixin_options.parse_node_job),
+    default=mixin_options.DEFAULT_NODE_JOB,
+    show_default=True,
+    help="The job Prometheus scrapes node_exporter as: the disk rules and the storage board's "
+    "data volume read its node_filesystem_* series.",
+)
+@click.option(
+    "--mixin.node-mountpoint",
+    "node_mountpoint",
+    callback=_parsed(mixin_options.parse_mountpoint),
+    default=mixin_options.DEFAULT_NODE_MOUNTPOINT,
+    show_default=True,
+    help="The mountpoint of the volume holding the data directory, as node_exporter reports it.",
+)
 def generate(
     config: str | None,
     root: Path,
@@ -429,11 +446,15 @@ def generate(
     dashboard_base_url: str,
     job: str,
     selector: tuple[tuple[str, str], ...],
+    node_job: str,
+    node_mountpoint: str,
 ) -> None:
     """Regenerate docs, alert rules and their promtool tests, dashboards and README tables."""
     from pg_runbook_exporter.mixin import generate as generated  # noqa: PLC0415
 
-    options = mixin_options.MixinOptions(runbook_base_url, dashboard_base_url, job, selector)
+    options = mixin_options.MixinOptions(
+        runbook_base_url, dashboard_base_url, job, selector, node_job, node_mountpoint
+    )
     try:
         loaded = load_config(Path(config) if config else None)
         if check_only:

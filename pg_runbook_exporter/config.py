@@ -26,6 +26,8 @@ SettingValue = int | float | str | tuple[str, ...]
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _STRAY_PERCENT = re.compile(r"%(?!%|\(\w+\)s)")
+_SERVER_SETTING = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?$")
+_FIX_FIELD = re.compile(r"\{(\w+)\}")
 
 
 class ConfigError(Exception):
@@ -42,6 +44,9 @@ class Metric:
     name: str
     type: MetricType
     help: str
+    # what `check` tells the operator to run while the value is above 0 ({label} and {role}
+    # are filled in, quoted as identifiers)
+    fix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Requirements:
     primary: bool = False
     extension: str | None = None
     relations: tuple[str, ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()  # (name, value as pg_settings.setting shows it)
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,7 @@ def _load_requires(raw: object, path: str, problems: Problems) -> Requirements:
     if raw is None:
         return Requirements()
     data = problems.mapping(
-        raw, path, {"min_version", "max_version", "primary", "extension", "relations"}
+        raw, path, {"min_version", "max_version", "primary", "extension", "relations", "settings"}
     )
     primary = data.get("primary", False)
     if not isinstance(primary, bool):
@@ -262,7 +268,29 @@ def _load_requires(raw: object, path: str, problems: Problems) -> Requirements:
         primary=primary,
         extension=extension,
         relations=tuple(relations),
+        settings=_load_required_settings(data.get("settings", {}), f"{path}.settings", problems),
     )
+
+
+def _load_required_settings(
+    raw: object, path: str, problems: Problems
+) -> tuple[tuple[str, str], ...]:
+    """``{logging_collector: on}`` → (("logging_collector", "on"),), as pg_settings spells it."""
+    if not isinstance(raw, dict):
+        problems.add(path, "expected a mapping of server setting to its required value")
+        return ()
+    found = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _SERVER_SETTING.match(name):
+            problems.add(f"{path}.{name}", "not a server setting name")
+            continue
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            found.append((name, "on" if value else "off"))
+        elif isinstance(value, str | int):
+            found.append((name, str(value)))
+        else:
+            problems.add(f"{path}.{name}", f"expected the value as text, got {value!r}")
+    return tuple(found)
 
 
 def _load_metrics(raw: object, path: str, namespace: str, problems: Problems) -> tuple[Metric, ...]:
@@ -272,7 +300,9 @@ def _load_metrics(raw: object, path: str, namespace: str, problems: Problems) ->
     metrics = []
     for column, item in raw.items():
         mpath = f"{path}.{column}"
-        data = problems.mapping(item, mpath, {"name", "type", "help"}, {"name", "type", "help"})
+        data = problems.mapping(
+            item, mpath, {"name", "type", "help", "fix"}, {"name", "type", "help"}
+        )
         name = data.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             if "name" in data:
@@ -293,6 +323,7 @@ def _load_metrics(raw: object, path: str, namespace: str, problems: Problems) ->
                 name=f"{namespace}_{name}",
                 type=kind,
                 help=problems.text(data.get("help"), f"{mpath}.help"),
+                fix=problems.text(data["fix"], f"{mpath}.fix") if "fix" in data else None,
             )
         )
     return tuple(metrics)
@@ -341,6 +372,12 @@ def _load_check(
     for metric in metrics:
         if metric.column in labels:
             problems.add(f"{path}.metrics.{metric.column}", "column is also listed in labels")
+        for field_name in _FIX_FIELD.findall(metric.fix or ""):
+            if field_name != "role" and field_name not in labels:
+                problems.add(
+                    f"{path}.metrics.{metric.column}.fix",
+                    f"{{{field_name}}} is neither {{role}} nor a label of the check",
+                )
     interval = problems.duration(data.get("interval"), f"{path}.interval", defaults.interval)
     timeout = problems.duration(data.get("timeout"), f"{path}.timeout", defaults.timeout)
     if timeout > interval:

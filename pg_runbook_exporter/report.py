@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 from pg_runbook_exporter.session import Reason
 from pg_runbook_exporter.state import CheckState
@@ -11,6 +12,7 @@ from pg_runbook_exporter.state import CheckState
 _DENIED = re.compile(r"permission denied for (table|relation|view|function|schema) (\S+)")
 # Server functions the pg_monitor role (through pg_read_server_files-free grants) may call.
 _MONITOR_FUNCTIONS = ("pg_ls_waldir", "pg_ls_archive_statusdir", "pg_stat_statements")
+_FIELD = re.compile(r"\{(\w+)\}")  # {label} or {role} in a metric's fix
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,42 @@ class Line:
     series: str
     failed: bool
     fix: str | None
+    more_fixes: tuple[str, ...] = ()  # from queries.yaml `fix:` of values above 0
+
+
+def identifier(name: str) -> str:
+    """``name`` double-quoted, as PostgreSQL reads it back whatever it holds.
+
+    A name from the database is attacker-chosen: printed into a statement to paste, it must stay
+    one name, and control characters must not reach the terminal (they become U&"\\+XXXXXX").
+    """
+    quoted = name.replace('"', '""')
+    if quoted.isprintable():
+        return f'"{quoted}"'
+    escaped = "".join(c if c.isprintable() and c != "\\" else f"\\+{ord(c):06X}" for c in quoted)
+    return f'U&"{escaped}"'
+
+
+def _field(fields: dict[str, str], match: re.Match[str]) -> str:
+    return fields[match.group(1)]
+
+
+def declared_fixes(state: CheckState, role: str) -> tuple[str, ...]:
+    """The ``fix`` of every metric whose value is above 0, its {label}s and {role} filled in."""
+    if not state.success or state.samples is None:
+        return ()
+    labels = state.check.labels
+    found: list[str] = []
+    for row in state.samples.rows:
+        fields = {name: identifier(text) for name, text in zip(labels, row.labels, strict=True)}
+        fields["role"] = identifier(role)
+        for metric, value in zip(state.check.metrics, row.values, strict=True):
+            if metric.fix is None or value is None or value <= 0:
+                continue
+            text = _FIELD.sub(partial(_field, fields), metric.fix)
+            if text not in found:
+                found.append(text)
+    return tuple(found)
 
 
 def grant_for(message: str, role: str) -> str | None:
@@ -49,9 +87,12 @@ def describe(state: CheckState, role: str) -> Line:
     duration = f"{state.duration * 1000:.1f}" if state.duration is not None else "-"
     series = str(state.samples.series) if state.samples and state.success else "-"
     if state.skipped is not None:
-        return Line(state.check.name, f"skipped ({state.skipped})", "-", "-", False, None)
+        needs = ", ".join(f"{n} = {v}" for n, v in state.check.requires.settings)
+        why = f"{state.skipped}: needs {needs}" if state.skipped == "setting" else state.skipped
+        return Line(state.check.name, f"skipped ({why})", "-", "-", False, None)
     if state.success:
-        return Line(state.check.name, "ok", duration, series, False, None)
+        fixes = declared_fixes(state, role)
+        return Line(state.check.name, "ok", duration, series, False, None, fixes)
     reason, _, message = (state.last_error or "other: unknown error").partition(": ")
     fix = grant_for(message, role) if reason == Reason.PERMISSION else None
     return Line(state.check.name, f"FAILED ({reason}): {message}", duration, series, True, fix)
@@ -64,7 +105,7 @@ def format_table(lines: list[Line]) -> str:
     out = []
     for row in rows:
         out.append(f"{row[0]:<{widths[0]}}  {row[2]:>{widths[2]}}  {row[3]:>6}  {row[1]}")
-    fixes = sorted({x.fix for x in lines if x.fix})
+    fixes = sorted({x.fix for x in lines if x.fix} | {f for x in lines for f in x.more_fixes})
     if fixes:
         out += ["", "Missing privileges; as a superuser run:"] + [f"  {fix}" for fix in fixes]
     return "\n".join(out)

@@ -38,6 +38,8 @@ def unmet_requirement(check: Check, facts: ServerFacts) -> str | None:
         return "extension"
     if any(r not in facts.relations for r in req.relations):
         return "relation"
+    if any(facts.settings.get(name) != value for name, value in req.settings):
+        return "setting"
     return None
 
 
@@ -61,6 +63,7 @@ class Scheduler:
         self._clock = clock
         self._params = config.sql_params()
         relations = sorted({r for c in config.checks for r in c.requires.relations})
+        settings = sorted({n for c in config.checks for n, _ in c.requires.settings})
         # Reconnection never waits longer than half the shortest interval, so once the database
         # is back every check succeeds again at its next run at the latest.
         shortest = min((c.interval for c in config.checks), default=max_backoff)
@@ -69,6 +72,7 @@ class Scheduler:
             Session(
                 target=target,
                 probe_relations=relations,
+                probe_settings=settings,
                 max_backoff=max_backoff,
                 name=f"session {i + 1}",
             )

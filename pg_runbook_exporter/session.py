@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -83,6 +83,7 @@ class ServerFacts:
     extensions: frozenset[str]
     relations: frozenset[str]
     checked_at: float
+    settings: Mapping[str, str] = field(default_factory=dict)  # those checks require, as shown
 
     @property
     def major(self) -> int:
@@ -100,7 +101,8 @@ _FACTS_SQL = """
 SELECT current_setting('server_version_num')::int,
        pg_is_in_recovery(),
        ARRAY(SELECT extname::text FROM pg_extension),
-       ARRAY(SELECT r FROM unnest(%(relations)s::text[]) AS r WHERE to_regclass(r) IS NOT NULL)
+       ARRAY(SELECT r FROM unnest(%(relations)s::text[]) AS r WHERE to_regclass(r) IS NOT NULL),
+       ARRAY(SELECT ARRAY[name, setting] FROM pg_settings WHERE name = ANY(%(settings)s::text[]))
 """
 
 
@@ -130,6 +132,7 @@ class Session:
         *,
         target: DatabaseTarget,
         probe_relations: Sequence[str] = (),
+        probe_settings: Sequence[str] = (),
         default_timeout: float = 5.0,
         default_lock_timeout: float = 0.1,
         max_backoff: float = 5.0,
@@ -137,6 +140,7 @@ class Session:
     ) -> None:
         self._target = target
         self._probe_relations = list(probe_relations)
+        self._probe_settings = list(probe_settings)
         self._default_timeout = default_timeout
         self._default_lock_timeout = default_lock_timeout
         self._max_backoff = max_backoff
@@ -215,13 +219,15 @@ class Session:
             raise self._error(exc) from None
 
     def refresh_facts(self) -> ServerFacts:
-        row = self._execute(_FACTS_SQL, {"relations": self._probe_relations}).rows[0]
+        probes = {"relations": self._probe_relations, "settings": self._probe_settings}
+        row = self._execute(_FACTS_SQL, probes).rows[0]
         self.facts = ServerFacts(
             version_num=int(row[0]),
             in_recovery=bool(row[1]),
             extensions=frozenset(row[2]),
             relations=frozenset(row[3]),
             checked_at=time.monotonic(),
+            settings={name: value for name, value in row[4]},
         )
         return self.facts
 

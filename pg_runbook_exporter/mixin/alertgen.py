@@ -16,7 +16,7 @@ import yaml
 from pg_runbook_exporter.config import Config, ConfigError
 from pg_runbook_exporter.mixin.alertrules import (
     ALERTS_FILE,
-    JOB,
+    OPTIONS,
     PLACEHOLDER,
     RULES_FILE,
     TEXTS,
@@ -76,12 +76,13 @@ def _numeric(config: Config, name: str) -> float | None:
 
 
 def fill(template: str, config: Config, options: MixinOptions = DEFAULTS) -> str:
-    """Replace every ``${setting[:format]}`` by the setting's value and ``${job}`` by the job."""
+    """Replace every ``${setting[:format]}`` by the setting's value, and ``${job}``,
+    ``${node_job}`` and ``${node_mountpoint}`` by generate's options."""
 
     def value(match: re.Match[str]) -> str:
         name, fmt = match.group(1), match.group(2)
-        if name == JOB:
-            return options.job
+        if name in OPTIONS:
+            return str(getattr(options, name))
         number = _numeric(config, name)
         if number is None:
             raise ValueError(f"${{{name}}}: no numeric setting {name} in {config.path}")
@@ -113,7 +114,7 @@ def select(expr: str, config: Config, options: MixinOptions = DEFAULTS) -> str:
 def settings_used(rule: AlertRule) -> set[str]:
     """Names of the settings a rule's expression, ``for`` or texts use."""
     texts = (rule.for_, *(getattr(rule, key) for key in TEXTS))
-    return {name for text in texts for name, _ in placeholders(text) if name != JOB}
+    return {name for text in texts for name, _ in placeholders(text) if name not in OPTIONS}
 
 
 def check_settings(config: Config) -> None:
@@ -123,7 +124,7 @@ def check_settings(config: Config) -> None:
         for key in ("for", *TEXTS):
             text = getattr(rule, "for_" if key == "for" else key)
             for name, _ in placeholders(text):
-                if name != JOB and _numeric(config, name) is None:
+                if name not in OPTIONS and _numeric(config, name) is None:
                     problems.append(
                         f"{ALERTS_FILE}: {rule.source}.{key}: ${{{name}}} names no numeric "
                         f"setting of {config.path}"

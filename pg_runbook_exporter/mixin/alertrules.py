@@ -28,6 +28,9 @@ SEVERITIES: tuple[str, ...] = get_args(Severity)
 PLACEHOLDER = re.compile(r"\$\{(\w+)(?::(\w+))?\}")
 THRESHOLD = "threshold"  # the setting the severity names as its threshold
 JOB = "job"  # the job Prometheus scrapes the exporter as
+# placeholders filled from generate's options, not from settings: the job, node_exporter's
+# job and the data volume's mountpoint (their names are MixinOptions' fields)
+OPTIONS = frozenset({JOB, "node_job", "node_mountpoint"})
 FORMATS = frozenset({"duration", "bytes", "percent", "count", "for"})
 TEXTS = ("expr", "condition", "summary", "description")  # what a severity may word differently
 _NAME = re.compile(r"[A-Z][A-Za-z0-9]+")
@@ -162,7 +165,7 @@ def _check(alert: Alert, path: str, groups: Mapping[str, str], problems: Problem
                 continue
             for name, fmt in placeholders(text):
                 uses_threshold |= name == THRESHOLD
-                if fmt is not None and (fmt not in FORMATS or name == JOB):
+                if fmt is not None and (fmt not in FORMATS or name in OPTIONS):
                     problems.add(f"{where}.{key}", f"${{{name}:{fmt}}}: no such format here")
         if uses_threshold != (tier.threshold is not None):
             problems.add(

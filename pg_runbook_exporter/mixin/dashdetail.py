@@ -8,6 +8,7 @@ empty on a healthy database says so (``empty``); the end-to-end test seeds the f
 
 from __future__ import annotations
 
+from pg_runbook_exporter.mixin.dashcapacity import maintenance_rows, volume_rows
 from pg_runbook_exporter.mixin.dashpanels import (
     ANY,
     CRIT,
@@ -209,8 +210,9 @@ def maintenance_board(m: Metrics) -> Board:
         MAINTENANCE, "PostgreSQL runbook: vacuum, bloat, indexes and wraparound",
         "Which tables carry dead rows, when were they last vacuumed and analyzed, which indexes "
         "are used or dead weight, and how far is each database from transaction-ID wraparound?",
-        (Row("Dead rows and bloat", bloat), Row("VACUUM and ANALYZE", vacuum),
-         Row("Indexes", indexes), Row("Transaction ID wraparound", wraparound)),
+        (*maintenance_rows(m)[:1], Row("Dead rows and bloat", bloat),
+         Row("VACUUM and ANALYZE", vacuum), Row("Indexes", indexes), *maintenance_rows(m)[1:2],
+         Row("Transaction ID wraparound", wraparound), *maintenance_rows(m)[2:]),
     )  # fmt: skip
 
 
@@ -299,8 +301,8 @@ def storage_board(m: Metrics) -> Board:
         STORAGE, "PostgreSQL runbook: sizes, WAL and archiving",
         "How big are the databases and tables and how fast do they grow, is WAL archived in time "
         "for point-in-time recovery, and what fills pg_wal?",
-        (Row("Database and table sizes", size), Row("WAL archiving", archive),
-         Row("pg_wal and replication slots", disk)),
+        (*volume_rows(m)[:1], Row("Database and table sizes", size), Row("WAL archiving", archive),
+         Row("pg_wal and replication slots", disk), *volume_rows(m)[1:]),
     )  # fmt: skip
 
 

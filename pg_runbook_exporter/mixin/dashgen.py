@@ -326,7 +326,7 @@ def health_board(m: Metrics) -> Board:
 
 
 def boards(config: Config, options: MixinOptions = DEFAULTS) -> tuple[Board, ...]:
-    metrics = Metrics(config, options.matchers)
+    metrics = Metrics(config, options.matchers, options.node_matchers)
     return (health_board(metrics), *detail_boards(metrics), exporter_board(metrics))
 
 
@@ -399,7 +399,7 @@ def dashboards_markdown(config: Config, options: MixinOptions = DEFAULTS) -> str
 
 def generate(config: Config, options: MixinOptions = DEFAULTS) -> dict[str, str]:
     """Every file under ``dashboards/``: relative path → content."""
-    metrics = Metrics(config, options.matchers)
+    metrics = Metrics(config, options.matchers, options.node_matchers)
     files = {
         f"{board.uid}.json": json.dumps(
             render_board(board, metrics, tags=[TAG, "postgresql"]), indent=2, ensure_ascii=False,

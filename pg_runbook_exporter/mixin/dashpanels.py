@@ -14,6 +14,7 @@ from typing import Literal
 
 from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.mixin.alertrules import rules
+from pg_runbook_exporter.mixin.options import MixinOptions
 from pg_runbook_exporter.selfmetrics import NAMES as SELF_METRICS
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -121,6 +122,7 @@ class Metrics:
 
     config: Config
     selector: str = ""  # the extra matchers of every query (``generate --mixin.selector``)
+    node: str = MixinOptions().node_matchers  # node_exporter's series of the data volume
     known: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ def _requires(check: Check) -> str:
         parts.append(f"extension `{req.extension}`")
     if req.relations:
         parts.append("tables " + ", ".join(f"`{r}`" for r in req.relations))
+    parts += [f"`{name} = {value}`" for name, value in req.settings]
     return "; ".join(parts) or "—"
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 DEFAULT_RUNBOOK_BASE_URL = "https://runbooks.example.com/pg-runbook-exporter/alerts/"
 DEFAULT_DASHBOARD_BASE_URL = "https://grafana.example.com/d/"  # Grafana's /d/ prefix; + board uid
 DEFAULT_JOB = "pg-runbook-exporter"
+# node_exporter's series of the data volume (the disk rules and the storage board's volume row)
+DEFAULT_NODE_JOB = "node"
+DEFAULT_NODE_MOUNTPOINT = "/var/lib/postgresql"
 
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MATCHER = re.compile(r'\s*([^\s=!~,"]+)\s*(=~|!=|!~|=)\s*"([^"]*)"\s*(?:,|$)')
@@ -28,12 +31,24 @@ class MixinOptions:
     job: str = DEFAULT_JOB
     # extra label="value" matchers every selector of the rules and boards carries
     selector: tuple[tuple[str, str], ...] = ()
+    node_job: str = DEFAULT_NODE_JOB
+    node_mountpoint: str = DEFAULT_NODE_MOUNTPOINT
 
     def __post_init__(self) -> None:
         parse_job(self.job)
         for label, value in self.selector:
             _check_label(label)
             _check_value(label, value)
+        _check_value("--mixin.node-job", self.node_job)
+        _check_value("--mixin.node-mountpoint", self.node_mountpoint)
+
+    @property
+    def node_matchers(self) -> str:
+        """node_exporter's series of the data volume: its job and the volume's mountpoint.
+
+        Not the exporter's ``instance``: node_exporter's is its own host:port.
+        """
+        return f'job="{self.node_job}", mountpoint="{self.node_mountpoint}"'
 
     @property
     def matchers(self) -> str:
@@ -61,6 +76,18 @@ def _check_value(what: str, value: str) -> None:
 def parse_job(text: str) -> str:
     """The job name, refused when it could not stand inside ``job="…"``."""
     _check_value("job", text)
+    return text
+
+
+def parse_node_job(text: str) -> str:
+    """node_exporter's job name, refused when it could not stand inside ``job="…"``."""
+    _check_value("node job", text)
+    return text
+
+
+def parse_mountpoint(text: str) -> str:
+    """The data volume's mountpoint, refused when it could not stand inside ``mountpoint="…"``."""
+    _check_value("mountpoint", text)
     return text
 
 

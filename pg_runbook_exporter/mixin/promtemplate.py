@@ -77,10 +77,44 @@ _FUNCTIONS: dict[str | None, Callable[[float], str]] = {
     "humanizePercentage": lambda v: f"{_g4(v * 100)}%",
 }
 _ACTION = re.compile(r"\{\{\s*\$(labels\.(\w+)|value)\s*(?:\|\s*(\w+)\s*)?\}\}")
+# {{ with printf "QUERY" $labels.a … | query }}{{ with first . }}BODY{{ end }}{{ end }}: BODY
+# rendered with the first series the query returns, nothing when it returns none
+_QUERY = re.compile(
+    r'\{\{\s*with printf "((?:[^"\\]|\\.)*)"(?:\s+\$labels\.\w+)*\s*\|\s*query\s*\}\}'
+    r"\{\{\s*with first \.\s*\}\}(.*?)\{\{\s*end\s*\}\}\{\{\s*end\s*\}\}",
+    re.DOTALL,
+)
+_FOUND = re.compile(r"\{\{\s*\.(Labels\.(\w+)|Value)\s*(?:\|\s*(\w+)\s*)?\}\}")
+Series = tuple[Mapping[str, str], float]  # a query's first result: its labels and value
 
 
-def render(template: str, *, labels: Mapping[str, str], value: float) -> str:
-    """``template`` as Prometheus renders it for an alert with ``labels`` and ``value``."""
+def _queried(match: re.Match[str], found: Mapping[str, Series]) -> str:
+    """A query block, rendered with the series ``found`` holds for the metric it queries."""
+    metric = re.search(r"[a-zA-Z_:][\w:]*(?=\{)", match.group(1))
+    if metric is None:
+        raise ValueError(f"no metric in the query {match.group(1)!r}")
+    if metric.group() not in found:
+        return ""
+    labels, value = found[metric.group()]
+
+    def action(inner: re.Match[str]) -> str:
+        if inner.group(2) is not None:
+            return labels.get(inner.group(2), "")
+        return _FUNCTIONS[inner.group(3)](value)
+
+    return _FOUND.sub(action, match.group(2))
+
+
+def render(
+    template: str,
+    *,
+    labels: Mapping[str, str],
+    value: float,
+    found: Mapping[str, Series] | None = None,
+) -> str:
+    """``template`` as Prometheus renders it for an alert with ``labels`` and ``value``; a
+    query block with what the query finds (``found``: metric → its first series)."""
+    template = _QUERY.sub(lambda m: _queried(m, found or {}), template)
 
     def action(match: re.Match[str]) -> str:
         function = match.group(3)

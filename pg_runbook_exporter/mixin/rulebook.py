@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.mixin.options import MixinOptions
+from pg_runbook_exporter.mixin.promtemplate import Series
 
 INSTANCE = "db1:9819"
 
@@ -24,6 +25,8 @@ class Fired:
     severity: str
     value: float
     labels: Mapping[str, str]
+    # what the annotations' query blocks find: metric → its first series (labels, value)
+    found: Mapping[str, Series] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,18 @@ threshold and the examples move with it).
 
 from __future__ import annotations
 
+import dataclasses
+
 from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.mixin.options import MixinOptions
 from pg_runbook_exporter.mixin.rulebook import Book, Example, const, number
+
+GIB = 1024**3
+# A VACUUM FULL holding its lock while sessions queue (the maintenance check's labels)
+VACUUM_FULL = {
+    "pid": "4242", "datname": "portal", "schemaname": "public", "relname": "id_mappings",
+    "command": "VACUUM FULL", "phase": "seq scanning heap",
+}  # fmt: skip
 
 
 def _availability(b: Book) -> None:
@@ -122,6 +131,18 @@ def _connections(b: Book) -> None:
     blocked = "pgrb_blocked_sessions"
     b.add("PostgresSessionsBlocked", "blocked", {blocked: "3x20"}, "10m", b.fired("warning", 3))
     b.add("PostgresSessionsBlocked", "none blocked", {blocked: "0x20"}, "10m")
+    # a VACUUM FULL at noon blocks the portal: the lock pages fire, and name it
+    behind = b.series("pgrb_maintenance_blocked_sessions", **VACUUM_FULL)
+    named = {"pgrb_maintenance_blocked_sessions": (b.fired("", 3, **VACUUM_FULL).labels, 3.0)}
+    b.add(
+        "PostgresSessionsBlocked", "blocked by a VACUUM FULL", {blocked: "3x20"}, "10m",
+        dataclasses.replace(b.fired("warning", 3), found=named), others={behind: "3x20"},
+    )  # fmt: skip
+    b.add(
+        "PostgresLockWait", "behind a VACUUM FULL", b.ages(waiting, lock + 120, at), "20m",
+        dataclasses.replace(b.fired("warning", lock + 120), found=named),
+        others={behind: "3x80"},
+    )  # fmt: skip
 
 
 def _maintenance(b: Book) -> None:
@@ -169,6 +190,67 @@ def _maintenance(b: Book) -> None:
     unused = "pgrb_unused_indexes"
     b.add("PostgresUnusedIndexes", "unused", {unused: "3x100"}, "90m", b.fired("info", 3))
     b.add("PostgresUnusedIndexes", "all used", {unused: "0x100"}, "90m")
+    _maintenance_now(b)
+
+
+def _maintenance_now(b: Book) -> None:
+    index = {"schemaname": "public", "relname": "id_mappings",
+             "indexrelname": "id_mappings_whmcs_client_id_key"}  # fmt: skip
+    invalid = b.series("pgrb_invalid_indexes", **index)
+    b.add("PostgresInvalidIndex", "left by a failed build", {}, "20m",
+          b.fired("warning", 1, **index), others={invalid: "1x20"})  # fmt: skip
+    b.add("PostgresInvalidIndex", "dropped after 10 minutes", {}, "20m", others={invalid: "1x10"})
+    running = "pgrb_maintenance_running"
+    by_phase = {  # the same VACUUM FULL, its phase changing after 3 minutes
+        b.series(running, **VACUUM_FULL): "1x3",
+        b.series(running, **{**VACUUM_FULL, "phase": "writing new heap"}): "_x3 1x10",
+    }
+    command = {k: v for k, v in VACUUM_FULL.items() if k != "phase"}
+    b.add("PostgresMaintenanceRunning", "through two phases", {}, "10m",
+          b.fired("info", 1, **command), others=by_phase)  # fmt: skip
+    b.add("PostgresMaintenanceRunning", "for 3 minutes", {}, "10m",
+          others={b.series(running, **VACUUM_FULL): "1x3"})  # fmt: skip
+    auto = {**VACUUM_FULL, "command": "autovacuum", "phase": "scanning heap"}
+    b.add("PostgresMaintenanceRunning", "autovacuum", {}, "10m",
+          others={b.series(running, **auto): "1x10"})  # fmt: skip
+    ratio, used = b.setting("sequence_used_warning_ratio"), "pgrb_sequence_used_ratio"
+    sequence = {"schemaname": "public", "sequencename": "invoices_id_seq", "relname": "invoices",
+                "attname": "id"}  # fmt: skip
+    for name, value, fires in (
+        ("past the line", ratio + 0.05, (b.fired("warning", ratio + 0.05, **sequence),)),
+        ("at the line", ratio, ()),
+    ):
+        b.add("PostgresSequenceNearExhaustion", name, {}, "20m", *fires,
+              others={b.series(used, **sequence): const(value, 20)})  # fmt: skip
+    pending = "pgrb_settings_pending_restart"
+    b.add("PostgresSettingsPendingRestart", "pending", {pending: "1x20"}, "20m", b.fired("info", 1))
+    b.add("PostgresSettingsPendingRestart", "none", {pending: "0x20"}, "20m")
+
+
+def _disk(b: Book) -> None:
+    """node_exporter's series of the data volume: its own instance and job, not the exporter's."""
+    node = {"device": "/dev/vdb1", "fstype": "ext4", "instance": "db1:9100",
+            "job": b.options.node_job, "mountpoint": b.options.node_mountpoint}  # fmt: skip
+    labels = ",".join(f'{k}="{v}"' for k, v in node.items())
+    avail, size = (f"{name}{{{labels}}}" for name in
+                   ("node_filesystem_avail_bytes", "node_filesystem_size_bytes"))  # fmt: skip
+    ratio, total = b.setting("disk_free_warning_ratio"), 1000 * GIB
+    for name, free, severities in (("below the line", ratio - 0.05, ("warning",)),
+                                   ("at the line", ratio, ())):  # fmt: skip
+        fires = [dataclasses.replace(b.fired(s, free), labels=node) for s in severities]
+        series = {avail: const(round(free * total), 30), size: const(total, 30)}
+        b.add("PostgresDiskSpaceLow", name, {}, "25m", *fires, others=series)
+    # falling by `step` every 5 minutes, 30 % free at 2 h: full before the horizon or not
+    horizon, at = b.setting("disk_full_forecast_seconds"), 24
+    for name, step, full in (
+        ("fills up within the horizon", 10 * GIB, True),
+        ("fills up later", 1 * GIB, False),
+    ):
+        left = 300 * GIB - horizon / 300 * step  # what predict_linear sees at the horizon
+        series = {avail: f"{number(300 * GIB + at * step)}-{number(step)}x{at}",
+                  size: const(total, at)}  # fmt: skip
+        fired = [dataclasses.replace(b.fired("critical", left), labels=node)] if full else []
+        b.add("PostgresDiskSpaceLow", name, {}, "2h", *fired, others=series, interval="5m")
 
 
 def _wal(b: Book) -> None:
@@ -296,6 +378,6 @@ def _integrity(b: Book) -> None:
 def examples(config: Config, options: MixinOptions) -> list[Example]:
     """Every example, alert group by alert group, for the target ``options`` describe."""
     book = Book(config, options)
-    for group in (_availability, _connections, _maintenance, _wal, _integrity):
+    for group in (_availability, _connections, _maintenance, _wal, _disk, _integrity):
         group(book)
     return book.examples

@@ -37,7 +37,7 @@ def _expected(example: Example, rules: Rules) -> list[dict[str, Any]]:
     for fired in example.fires:
         rule = rules[(example.alert, fired.severity)]
         annotations = {
-            key: render(text, labels=fired.labels, value=fired.value)
+            key: render(text, labels=fired.labels, value=fired.value, found=fired.found)
             for key, text in rule["annotations"].items()
         }
         labels = {**fired.labels, "severity": fired.severity}

@@ -10,6 +10,8 @@
 --   password          login password; unset keeps the current one (or none, for cert/peer auth)
 --   schema            schema holding the portal tables    default public
 --   connection_limit  sessions the role may open          default 5
+--   owner             a role that creates sequences in the schema later (the migration role),
+--                     besides those owning its tables and sequences now and the one running this
 --
 -- Safe to run again: it creates the role only if missing and re-applies every attribute and grant.
 -- What it grants and why: docs/checks.md, "The monitoring role".
@@ -26,6 +28,10 @@
 \else
   \set connection_limit 5
 \endif
+\if :{?owner}
+\else
+  \set owner ''
+\endif
 
 -- psql does not substitute variables inside dollar-quoted bodies: hand them to the DO blocks below
 -- as transaction-local settings.
@@ -33,7 +39,8 @@ BEGIN;
 \o /dev/null
 SELECT set_config('pgrb.role', :'role', true),
        set_config('pgrb.schema', :'schema', true),
-       set_config('pgrb.connection_limit', :'connection_limit', true);
+       set_config('pgrb.connection_limit', :'connection_limit', true),
+       set_config('pgrb.owner', :'owner', true);
 \o
 
 DO $$
@@ -110,6 +117,32 @@ BEGIN
         ELSE
             RAISE NOTICE 'table %.% does not exist yet: no grant', s, t.tbl;
         END IF;
+    END LOOP;
+END
+$$;
+
+-- SELECT on every sequence of the schema, which reads its position (last_value) and nothing else:
+-- nextval() needs USAGE or UPDATE. Sequences created later get it from default privileges, which
+-- apply per creating role: every role owning a table or sequence of the schema now (whoever runs
+-- the migrations), the owner variable, and the role running this script.
+DO $$
+DECLARE
+    r text := current_setting('pgrb.role');
+    s text := current_setting('pgrb.schema');
+    o text;
+BEGIN
+    EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', s, r);
+    FOR o IN
+        SELECT pg_get_userbyid(c.relowner)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = s AND c.relkind IN ('r', 'p', 'S')
+        UNION SELECT current_user
+        UNION SELECT nullif(current_setting('pgrb.owner'), '')
+    LOOP
+        CONTINUE WHEN o IS NULL;
+        EXECUTE format(
+            'ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT ON SEQUENCES TO %I',
+            o, s, r);
     END LOOP;
 END
 $$;

@@ -1,21 +1,26 @@
 """Every panel of every board against a real Prometheus scraping the exporter on real PostgreSQL.
 
-One stack for the module: PostgreSQL 18 with WAL archiving on (18's initdb enables data
-checksums, so the checksum panels have something to count), the exporter with every check each
-second, Prometheus scraping it each second. The database first looks like a healthy portal (app
-sessions in their pool, vacuumed tables, archived WAL): every panel not documented as
-empty-when-healthy must return data. Then the runbook's faults are seeded (orphaned and duplicate
-mappings, a failed and an unfinished migration, a bloated table, a lock wait behind a session idle
-in its transaction, a replication slot, a failing archive_command, a table a check needs dropped)
-and every panel, the documented-empty ones included, must return data; the front tiles must show
-the seeded counts.
+One stack for the module: PostgreSQL 18 with WAL archiving and the logging collector on (18's
+initdb enables data checksums, so the checksum panels have something to count), the exporter with
+every check each second, node_exporter for the data volume, Prometheus scraping both each second
+(the boards generated for node_exporter's job and the mountpoint of the server's data). The
+database first looks like a healthy portal (app sessions in their pool, vacuumed tables, archived
+WAL): every panel not documented as empty-when-healthy must return data. Then the runbook's faults
+are seeded (orphaned and duplicate mappings, a failed and an unfinished migration, a bloated
+table, a lock wait behind a session idle in its transaction, a replication slot, a failing
+archive_command, a table a check needs dropped, a failed concurrent unique build and one parked
+behind an old snapshot) and every panel, the documented-empty ones included, must return data;
+the front tiles must show the seeded counts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -28,11 +33,15 @@ import yaml
 
 from pg_runbook_exporter.config import load_config
 from pg_runbook_exporter.mixin import dashgen
+from pg_runbook_exporter.mixin.dashdetail import STORAGE
 from pg_runbook_exporter.mixin.dashpanels import Panel
+from pg_runbook_exporter.mixin.options import MixinOptions
 from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer
 from tests.conftest import PortalDb, Servers, start_throwaway
+from tests.support.sessions import Sessions, fail_unique_build, park_a_build
 from tests.support.stack import (
     JOB,
+    NODE_JOB,
     PrometheusStack,
     fast_config,
     module_portal_db,
@@ -66,13 +75,32 @@ BLOATED_ROWS, BLOATED_DELETED = 12000, 4000  # dead ratio 1/3, above the 10000-r
 SMALL_ROWS, SMALL_DELETED = 100, 90  # dead ratio 0.9, below the floor: never the worst
 
 
+def mountpoint_of(path: Path) -> str:
+    """The mountpoint of the filesystem holding ``path``, as /proc/self/mounts lists it."""
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1] for line in mounts]
+    resolved = os.path.realpath(path)
+    return max((p for p in points if resolved == p or resolved.startswith(p.rstrip("/") + "/")),
+               key=len)  # fmt: skip
+
+
+@functools.cache
+def _options() -> MixinOptions:
+    """The boards for this stack: its node job and the volume of the servers' data (temp dirs)."""
+    return MixinOptions(
+        node_job=NODE_JOB, node_mountpoint=mountpoint_of(Path(tempfile.gettempdir()))
+    )
+
+
 def _boards() -> list[dict[str, Any]]:
-    files = dashgen.generate(load_config())
+    files = dashgen.generate(load_config(), _options())
     return [json.loads(text) for path, text in files.items() if path.endswith(".json")]
 
 
 def _models() -> dict[tuple[str, str], Panel]:
-    return {(b.uid, p.title): p for b in dashgen.boards(load_config()) for p in b.panels}
+    return {
+        (b.uid, p.title): p for b in dashgen.boards(load_config(), _options()) for p in b.panels
+    }
 
 
 def _sql(db: PortalDb, statement: str, params: tuple[Any, ...] | None = None) -> list[Any]:
@@ -104,6 +132,9 @@ def _seed_healthy(db: PortalDb) -> None:
         "INSERT INTO lock_target VALUES (1, 0)",
     )
     _sql(db, f"CREATE TABLE {PROBE_TABLE} (id int)")
+    # Prisma's Int @default(autoincrement()) in use, and a table a build will wait on
+    _sql(db, "CREATE TABLE invoices (id serial PRIMARY KEY); INSERT INTO invoices DEFAULT VALUES")
+    _sql(db, "CREATE TABLE reindexed (n int); INSERT INTO reindexed VALUES (1)")
     _sql(db, "SELECT count(*) FROM users u JOIN id_mappings m ON m.user_id = u.id")
     _sql(db, "VACUUM ANALYZE")
     # one archived segment, so "time since last archived WAL" has a timestamp
@@ -116,7 +147,7 @@ def _seed_healthy(db: PortalDb) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ThrowawayServer]:
-    started = start_throwaway(E2E_MAJOR, archive_mode="on")
+    started = start_throwaway(E2E_MAJOR, archive_mode="on", settings={"logging_collector": True})
     try:
         yield started
     finally:
@@ -164,7 +195,9 @@ def _config_with_probe(path: Path) -> Path:
 def stack(db: PortalDb, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusStack]:
     workdir: Path = tmp_path_factory.mktemp("dashboards-stack")
     config = _config_with_probe(workdir / "queries.yaml")
-    with prometheus_stack(workdir, database_url=db.monitor_dsn, config=config) as running:
+    with prometheus_stack(
+        workdir, database_url=db.monitor_dsn, config=config, node_exporter=True
+    ) as running:
         checks = len(load_config(config).checks)
         # every check runs: nothing is skipped on the healthy database
         running.wait_for(f"count(pgrb_check_success == 1) == {checks}", what="every check to run")
@@ -304,10 +337,24 @@ def _seed_faults(db: PortalDb, sessions: list[psycopg.Connection[Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
+def builds(db: PortalDb) -> Iterator[Sessions]:
+    """The sessions of the concurrent index builds the faults leave; ended at the end."""
+    opened = Sessions(db.dsn)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
 def faults(
-    stack: PrometheusStack, db: PortalDb, sessions: list[psycopg.Connection[Any]]
+    stack: PrometheusStack,
+    db: PortalDb,
+    sessions: list[psycopg.Connection[Any]],
+    builds: Sessions,
 ) -> PrometheusStack:
     _seed_faults(db, sessions)
+    # a failed migration's unique index over the duplicate WHMCS id, and a build in progress
+    fail_unique_build(db.dsn, "id_mappings_whmcs_client_id_key", "id_mappings", "whmcs_client_id")
+    park_a_build(builds, "reindexed_n_idx", "reindexed", "n")
     for expr in (
         "pgrb_id_mappings_orphaned > 0",
         "pgrb_id_mappings_duplicate_sf_rows > 0",
@@ -320,6 +367,8 @@ def faults(
         "pgrb_wal_archive_last_failed_timestamp_seconds",
         "pgrb_replication_slot_retained_wal_bytes",
         f'pgrb_check_skipped{{check="{PROBE_CHECK}", reason="relation"}} == 1',
+        'pgrb_invalid_indexes{indexrelname="id_mappings_whmcs_client_id_key"}',
+        'pgrb_maintenance_running{relname="reindexed"}',
     ):
         stack.wait_for(expr)
     # both sessions back: every other check succeeds again after its connection error
@@ -392,8 +441,21 @@ def test_front_tiles_show_the_seeded_faults_in_their_alert_colours(
     assert tile("Checksum failures") == (0, "green")
 
 
+def test_the_storage_board_shows_the_data_volume_node_exporter_sees(
+    faults: PrometheusStack, server: ThrowawayServer
+) -> None:
+    board = next(b for b in _boards() if b["uid"] == STORAGE)
+    (panel,) = [p for p in data_panels(board) if p["title"] == "Data volume size and free bytes"]
+    results = run_panel(faults, panel, resolve_variables(faults, board))
+    (size,) = results["B"]  # one volume: the one holding the server's data directory
+    assert size["metric"]["mountpoint"] == mountpoint_of(server.data_dir)
+    volume = os.statvfs(server.data_dir)
+    assert float(size["values"][-1][1]) == volume.f_blocks * volume.f_frsize
+
+
 def test_every_metric_a_board_names_is_in_a_live_scrape(faults: PrometheusStack) -> None:
-    text = faults.exporter.scrape()
+    assert faults.node is not None
+    text = faults.exporter.scrape() + faults.node.scrape()  # the data volume is node_exporter's
     exported = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")}
     exported |= {
         match.group() for line in text.splitlines()

@@ -14,6 +14,8 @@ Pieces
 ``ExporterProcess``    ``python -m pg_runbook_exporter run`` with ``DATABASE_URL`` set.
 ``PrometheusServer``   ``/usr/bin/prometheus`` scraping the exporter as job ``JOB``.
 ``AlertmanagerServer`` ``/usr/bin/prometheus-alertmanager``, clustering off.
+``NodeExporterProcess`` ``/usr/bin/prometheus-node-exporter``, its filesystem collector only,
+    scraped as job ``NODE_JOB`` when ``prometheus_stack(node_exporter=True)``.
 ``WebhookReceiver``    an ``http.server`` recording every Alertmanager notification.
 ``fast_config(...)``   a copy of queries.yaml whose checks all run every ``interval`` seconds.
 ``require_tool(name)`` the binary's path; a missing one skips the test, or fails it when CI=true.
@@ -68,6 +70,8 @@ JOB = DEFAULT_JOB  # the job the generated rules select by default
 WAIT_SECONDS = 30.0
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+NODE_JOB = "node"
 IN_CI = os.environ.get("CI") == "true"
 
 T = TypeVar("T")
@@ -217,8 +221,36 @@ class ExporterProcess:
         self._process.stop()
 
 
+class NodeExporterProcess:
+    """node_exporter with only its filesystem collector (every mounted filesystem type but the
+    kernel's pseudo ones), on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = require_tool(NODE_EXPORTER)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}/metrics"
+        pseudo = "^(proc|sysfs|cgroup2?|devpts|devtmpfs|mqueue|tracefs|debugfs|securityfs|bpf)$"
+        args = [
+            binary,
+            f"--web.listen-address={self.address}",
+            "--collector.disable-defaults",
+            "--collector.filesystem",
+            f"--collector.filesystem.fs-types-exclude={pseudo}",
+        ]
+        self._process = _Process("node_exporter", args, workdir=workdir, env=dict(os.environ))
+        _started(self._process, self.url, "node_exporter")
+
+    def scrape(self) -> str:
+        return http_get(self.url).decode()
+
+    def stop(self) -> None:
+        self._process.stop()
+
+
 class PrometheusServer:
-    """Prometheus scraping ``targets`` as job ``JOB`` and evaluating ``rule_files``."""
+    """Prometheus scraping ``targets`` as job ``JOB`` (and ``jobs``) and evaluating
+    ``rule_files``."""
 
     def __init__(
         self,
@@ -228,6 +260,7 @@ class PrometheusServer:
         rule_files: Sequence[Path] = (),
         alertmanager: str | None = None,
         interval: str = "1s",
+        jobs: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         binary = require_tool(PROMETHEUS)
         self.port = free_port()
@@ -237,6 +270,10 @@ class PrometheusServer:
             "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [
                 {"job_name": JOB, "static_configs": [{"targets": list(targets)}]},
+                *(
+                    {"job_name": job, "static_configs": [{"targets": list(addresses)}]}
+                    for job, addresses in (jobs or {}).items()
+                ),
             ],
         }
         if alertmanager is not None:
@@ -388,6 +425,7 @@ class PrometheusStack:
     prometheus: PrometheusServer
     alertmanager: AlertmanagerServer | None = None
     webhook: WebhookReceiver | None = None
+    node: NodeExporterProcess | None = None
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query on the stack's Prometheus (see ``PrometheusServer.query``)."""
@@ -463,12 +501,14 @@ def prometheus_stack(
     check_interval: float = 1.0,
     interval: str = "1s",
     config: Path | None = None,
+    node_exporter: bool = False,
 ) -> Iterator[PrometheusStack]:
     """Start exporter → Prometheus (→ Alertmanager → webhook) and stop them all afterwards.
 
     ``config`` is the queries.yaml to run (default: the repo's, with every check every
     ``check_interval`` s); ``interval`` is Prometheus's scrape and rule evaluation interval;
-    ``alertmanager_config(webhook_url)`` returns the Alertmanager YAML.
+    ``alertmanager_config(webhook_url)`` returns the Alertmanager YAML; ``node_exporter`` adds
+    node_exporter, scraped as job ``NODE_JOB``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     queries = config or fast_config(workdir / "queries.yaml", interval=check_interval)
@@ -482,16 +522,25 @@ def prometheus_stack(
             stack.callback(webhook.stop)
             alertmanager = AlertmanagerServer(workdir, config=alertmanager_config(webhook.url))
             stack.callback(alertmanager.stop)
+        node = None
+        if node_exporter:
+            node = NodeExporterProcess(workdir)
+            stack.callback(node.stop)
         prometheus = PrometheusServer(
             workdir,
             targets=[exporter.address],
             rule_files=rule_files,
             alertmanager=alertmanager.address if alertmanager else None,
             interval=interval,
+            jobs={NODE_JOB: [node.address]} if node else None,
         )
         stack.callback(prometheus.stop)
         yield PrometheusStack(
-            exporter=exporter, prometheus=prometheus, alertmanager=alertmanager, webhook=webhook
+            exporter=exporter,
+            prometheus=prometheus,
+            alertmanager=alertmanager,
+            webhook=webhook,
+            node=node,
         )
 
 

@@ -195,6 +195,50 @@ def test_overlapping_version_variants_and_label_clashes_are_rejected() -> None:
     ]
 
 
+def test_a_required_server_setting_reads_a_bare_on_as_pg_settings_spells_it() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """
+            checks:
+              logs:
+                help: Logs.
+                requires: {settings: {logging_collector: on, log_file_mode: "0600"}}
+                sql: SELECT 1 AS n
+                metrics: {n: {name: n, type: gauge, help: x}}
+            """
+        ),
+        source="q.yaml",
+    )
+    assert config.checks[0].requires.settings == (
+        ("logging_collector", "on"),
+        ("log_file_mode", "0600"),
+    )
+
+
+def test_required_settings_and_fixes_naming_nothing_are_rejected() -> None:
+    problems = problems_of(
+        """
+        checks:
+          a:
+            help: A.
+            requires: {settings: {"Bad Name": on, work_mem: [1]}}
+            sql: SELECT 'public' AS schemaname, 1 AS n
+            labels: [schemaname]
+            metrics:
+              n:
+                name: rows
+                type: gauge
+                help: x
+                fix: GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role};
+        """
+    )
+    assert problems == [
+        "q.yaml: checks.a.metrics.n.fix: {schema} is neither {role} nor a label of the check",
+        "q.yaml: checks.a.requires.settings.Bad Name: not a server setting name",
+        "q.yaml: checks.a.requires.settings.work_mem: expected the value as text, got [1]",
+    ]
+
+
 def test_the_shipped_queries_yaml_is_valid() -> None:
     config = load_config()
     assert config.namespace == "pgrb"

@@ -20,6 +20,7 @@ import yaml
 
 from pg_runbook_exporter.config import Config, load_config
 from pg_runbook_exporter.mixin import alertgen, alertrules, dashgen
+from pg_runbook_exporter.mixin.dashcapacity import NODE_METRICS
 from pg_runbook_exporter.mixin.dashdetail import ARCHIVING_OFF, STORAGE
 from pg_runbook_exporter.mixin.dashpanels import (
     ALERT_COLOURS,
@@ -245,6 +246,7 @@ def test_every_query_parses_as_promql_and_names_only_metrics_of_the_config(
     known = {config.metric_name(name) for name in Metrics(config).known}
     # prometheus_client's process collector, part of every scrape of the exporter
     known |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    known |= set(NODE_METRICS)  # the data volume, from node_exporter
     for uid, board in boards.items():
         queries = [t["expr"] for _, t in all_queries(board)]
         queries += [variable_selector(v) for v in board["templating"]["list"][1:]]

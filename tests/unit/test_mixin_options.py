@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pg_runbook_exporter.config import load_config
@@ -67,3 +69,27 @@ def test_the_selector_joins_what_the_expression_already_selects() -> None:
         " or on(instance, job) process_cpu_seconds_total"
     )
     assert alertgen.select(expr, config, MixinOptions()) == expr
+
+
+@pytest.mark.parametrize("field", ["node_job", "node_mountpoint"])
+@pytest.mark.parametrize("value", ["", '/srv/"x', "a\\b"])
+def test_a_node_selector_that_cannot_stand_in_a_matcher_is_refused(field: str, value: str) -> None:
+    fields: dict[str, Any] = {field: value}
+    with pytest.raises(ValueError, match="must be non-empty, without quotes or backslashes"):
+        MixinOptions(**fields)
+
+
+def test_the_disk_rules_select_node_exporter_by_its_job_and_mountpoint_only() -> None:
+    options = MixinOptions(
+        job="db", selector=(("cluster", "eu1"),), node_job="hosts", node_mountpoint="/srv/pg"
+    )
+    document = alertgen.document(load_config(), options)
+    (warning, critical) = [
+        rule["expr"]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if rule["alert"] == "PostgresDiskSpaceLow"
+    ]
+    for expr in (warning, critical):
+        assert 'node_filesystem_avail_bytes{job="hosts", mountpoint="/srv/pg"}' in expr
+        assert "instance" not in expr and "cluster" not in expr
