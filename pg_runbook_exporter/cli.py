@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +23,8 @@ from prometheus_client import ProcessCollector
 
 from pg_runbook_exporter import __version__
 from pg_runbook_exporter import demo as demo_db
+from pg_runbook_exporter.backup.files import DEFAULT_PATTERN
+from pg_runbook_exporter.backup.sources import BackupOptions, FileReader
 from pg_runbook_exporter.collector import RunbookCollector
 from pg_runbook_exporter.config import Config, ConfigError, load_config
 from pg_runbook_exporter.database_url import DatabaseTarget, DatabaseUrlError, parse_database_url
@@ -45,6 +47,7 @@ class Common:
     config: Config
     target: DatabaseTarget
     connections: int
+    backups: BackupOptions = field(default_factory=BackupOptions)
 
 
 def _fail_config(problems: Sequence[str]) -> NoReturn:
@@ -89,7 +92,17 @@ def _common(options: dict[str, Any]) -> Common:
     target = _database_target(
         options["database_url"], options["database_url_file"], options["database_password_file"]
     )
-    return Common(config=config, target=target, connections=options["connections"])
+    backups = BackupOptions(
+        directory=options["backup_dir"],
+        pattern=options["backup_pattern"],
+        time_zone=options["backup_time_zone"],
+        state_dir=options["backup_state_dir"],
+    )
+    try:
+        backups.compiled()
+    except ValueError as exc:
+        _fail_config([str(exc)])
+    return Common(config=config, target=target, connections=options["connections"], backups=backups)
 
 
 _log_level_option = click.option(
@@ -99,6 +112,41 @@ _log_level_option = click.option(
     default="info",
     type=click.Choice(["debug", "info", "warning", "error"]),
     show_default=True,
+)
+
+
+_BACKUP_OPTIONS = (
+    click.option(
+        "--backup.dir",
+        "backup_dir",
+        envvar="PGRB_BACKUP_DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Directory of the full pg_dump backups to watch (the backup checks skip without it).",
+    ),
+    click.option(
+        "--backup.pattern",
+        "backup_pattern",
+        envvar="PGRB_BACKUP_PATTERN",
+        default=DEFAULT_PATTERN,
+        show_default=True,
+        help="Regular expression of a full backup's file name; its group `time` is "
+        "YYYYMMDD_HHMMSS (else the mtime is the backup's time).",
+    ),
+    click.option(
+        "--backup.time-zone",
+        "backup_time_zone",
+        envvar="PGRB_BACKUP_TIME_ZONE",
+        default="UTC",
+        show_default=True,
+        help="Time zone of the times in backup file names (IANA name).",
+    ),
+    click.option(
+        "--backup.state-dir",
+        "backup_state_dir",
+        envvar="PGRB_BACKUP_STATE_DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where verify-backup writes its records (default: --backup.dir).",
+    ),
 )
 
 
@@ -142,6 +190,7 @@ def _database_options(func: Any) -> Any:
             help="Connections the exporter may open, one per collection worker (the role's "
             "CONNECTION LIMIT, 5 in pg_runbook_exporter/sql/monitoring-role.sql, must allow them).",
         ),
+        *_BACKUP_OPTIONS,
         _log_level_option,
         click.option(
             "--log.format",
@@ -167,7 +216,11 @@ def build_pipeline(common: Common) -> tuple[ResultCache, Scheduler]:
     cache = ResultCache(config=common.config)
     cache.attach(RunbookCollector(cache), ProcessCollector(registry=None))
     scheduler = Scheduler(
-        config=common.config, target=common.target, cache=cache, connections=common.connections
+        config=common.config,
+        target=common.target,
+        cache=cache,
+        connections=common.connections,
+        files=FileReader(common.backups, common.config.sql_params()),
     )
     return cache, scheduler
 
