@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,15 @@ from pg_runbook_exporter.database_url import DatabaseTarget, parse_database_url
 from pg_runbook_exporter.pgserver.binaries import find_binaries
 from tests.conftest import PortalDb, Server, Servers, required
 from tests.support.collect import wait_for
-from tests.support.dumps import SEEDED_CHECKS, SEEDED_TABLES, Dumps, pg_dump, write_dumps
+from tests.support.dumps import (
+    SEEDED_CHECKS,
+    SEEDED_TABLES,
+    Dumps,
+    pg_dump,
+    private_work_dir,
+    seeded_portal,
+    write_dumps,
+)
 
 CONFIG = load_config()
 FORMATS = ("plain", "gzip", "custom")
@@ -30,13 +36,9 @@ FORMATS = ("plain", "gzip", "custom")
 
 @pytest.fixture(scope="module")
 def seeded(pg_servers: Servers, pg: Server) -> Iterator[PortalDb]:
-    """One seeded portal database for the module (the demo's data), dropped afterwards."""
-    db = pg_servers.portal_db(pg)
-    db.server.execute(demo.SEED_SQL, dbname=db.name)
-    try:
+    """One seeded portal database for the module (the demo's data)."""
+    with seeded_portal(pg_servers, pg) as db:
         yield db
-    finally:
-        db.server.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +48,8 @@ def dumps(seeded: PortalDb, tmp_path_factory: pytest.TempPathFactory) -> Dumps:
 
 @pytest.fixture
 def work_dir() -> Iterator[Path]:
-    """A --work-dir the server user can pass through (pytest's tmp dirs are root's, 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="pgrb-test-work-"))
-    path.chmod(0o711)
-    try:
+    with private_work_dir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def processes_mentioning(path: Path) -> list[int]:

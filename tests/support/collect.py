@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pg_runbook_exporter.backup.sources import BackupOptions
 from pg_runbook_exporter.cli import Common, build_pipeline
 from pg_runbook_exporter.config import Check, Config, Setting, load_config
 from pg_runbook_exporter.database_url import parse_database_url
@@ -79,10 +80,19 @@ def configured(
     return dataclasses.replace(config, checks=checks, settings=new_settings)
 
 
-def collect_once(dsn: str, config: Config | None = None, *, connections: int = 1) -> Scrape:
+def collect_once(
+    dsn: str,
+    config: Config | None = None,
+    *,
+    connections: int = 1,
+    backups: BackupOptions | None = None,
+) -> Scrape:
     """Run every check of ``config`` once against ``dsn`` and parse what would be served."""
     common = Common(
-        config=config or load_config(), target=parse_database_url(dsn), connections=connections
+        config=config or load_config(),
+        target=parse_database_url(dsn),
+        connections=connections,
+        backups=backups or BackupOptions(),
     )
     cache, scheduler = build_pipeline(common)
     try:

@@ -6,9 +6,13 @@ reports is known: ``SEEDED_TABLES`` and ``SEEDED_CHECKS``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import psycopg.conninfo
 
 from pg_runbook_exporter import demo
 from pg_runbook_exporter.pgserver.binaries import find_client_tool
+from tests.conftest import PortalDb, Server, Servers
 
 SEEDED_TABLES = {"users": demo.USERS, "id_mappings": demo.USERS + demo.ORPHANED_MAPPINGS}
 SEEDED_CHECKS = {
@@ -61,3 +66,25 @@ def write_dumps(dsn: str, directory: Path, stamp: str = "20261201_020000") -> Du
     gzipped.write_bytes(gzip.compress(plain.read_bytes()))
     custom = pg_dump(dsn, directory / f"backup_{stamp}.dump", "-Fc")
     return Dumps(plain=plain, gzip=gzipped, custom=custom)
+
+
+@contextlib.contextmanager
+def seeded_portal(servers: Servers, server: Server) -> Iterator[PortalDb]:
+    """A portal database holding the demo's data, dropped afterwards."""
+    db = servers.portal_db(server)
+    try:
+        db.server.execute(demo.SEED_SQL, dbname=db.name)
+        yield db
+    finally:
+        db.server.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def private_work_dir() -> Iterator[Path]:
+    """A --work-dir the server user can pass through (pytest's tmp dirs are root's, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="pgrb-test-work-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
