@@ -7,11 +7,13 @@ reports is known: ``SEEDED_TABLES`` and ``SEEDED_CHECKS``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gzip
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,12 @@ from pathlib import Path
 import psycopg.conninfo
 
 from pg_runbook_exporter import demo
+from pg_runbook_exporter.backup.record import (
+    Outcome,
+    VerificationRecord,
+    record_path,
+    write_record,
+)
 from pg_runbook_exporter.pgserver.binaries import find_client_tool
 from tests.conftest import PortalDb, Server, Servers
 
@@ -88,3 +96,30 @@ def private_work_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def sample_backups(directory: Path, *, now: float | None = None) -> Path:
+    """Two small full backups (2 and 26 hours old) and a passed verification record of the
+    newer, so a running exporter exports every backup metric without a dump being taken."""
+    now = time.time() if now is None else now
+    directory.mkdir(parents=True, exist_ok=True)
+    newest = None
+    for age, filler in ((26 * 3600, 3000), (2 * 3600, 2900)):
+        when = dt.datetime.fromtimestamp(now - age, dt.UTC)
+        path = directory / f"backup_{when:%Y%m%d_%H%M%S}.sql"
+        path.write_bytes(
+            b"--\n-- PostgreSQL database dump\n--\n-- Dumped by pg_dump version 18.6\n"
+            + b"-" * filler
+            + b"\n-- PostgreSQL database dump complete\n"
+        )
+        os.utime(path, (now - age + 600, now - age + 600))
+        newest = path
+    assert newest is not None
+    record = VerificationRecord(
+        backup=newest.name, backup_bytes=newest.stat().st_size, verified_at=now - 3600,
+        duration_seconds=4.0, outcome=Outcome.PASSED, format="plain", dumped_by="18.6",
+        server_version="18.6", server_choice="the major of the pg_dump that wrote it",
+        client_version="18.6", tables=dict(SEEDED_TABLES), checks=dict(SEEDED_CHECKS),
+    )  # fmt: skip
+    write_record(record, record_path(newest))
+    return directory
