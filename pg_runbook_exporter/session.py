@@ -1,7 +1,9 @@
 """One read-only PostgreSQL session that cannot hurt the database it watches.
 
 Session options are set at connect time (libpq ``options``), not with ``SET`` in the check's own
-string, so a check can never run outside the read-only default. Errors are classified by SQLSTATE
+string, so a check can never run outside the read-only default; they are read back with the server
+facts. After every check run the session is reset (``DISCARD ALL``), so nothing a check changed
+(a setting, an advisory lock, a LISTEN) reaches the next one. Errors are classified by SQLSTATE
 into the reasons the exporter reports.
 """
 
@@ -97,21 +99,47 @@ class QueryResult:
     truncated: bool
 
 
+# A portal table counts as present only as a table: a view (or a table with row-level security)
+# of that name would run code of its owner's choosing in the exporter's session.
 _FACTS_SQL = """
 SELECT current_setting('server_version_num')::int,
        pg_is_in_recovery(),
        ARRAY(SELECT extname::text FROM pg_extension),
-       ARRAY(SELECT r FROM unnest(%(relations)s::text[]) AS r WHERE to_regclass(r) IS NOT NULL),
-       ARRAY(SELECT ARRAY[name, setting] FROM pg_settings WHERE name = ANY(%(settings)s::text[]))
+       ARRAY(SELECT r FROM unnest(%(relations)s::text[]) AS r
+             JOIN pg_class c ON c.oid = to_regclass(r)
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relrowsecurity),
+       ARRAY(SELECT ARRAY[name, setting] FROM pg_settings WHERE name = ANY(%(settings)s::text[])),
+       ARRAY[current_setting('default_transaction_read_only'),
+             current_setting('standard_conforming_strings'),
+             current_setting('row_security'),
+             current_setting('search_path'),
+             (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),
+             (SELECT setting FROM pg_settings WHERE name = 'lock_timeout')]
 """
+_PINNED = (
+    "default_transaction_read_only",
+    "standard_conforming_strings",
+    "row_security",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+)
+_TIMEOUTS_SQL = (
+    b"SELECT set_config('statement_timeout', %(t)s, false),"
+    b" set_config('lock_timeout', %(l)s, false)"
+)
 
 
 def _escape_option(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def _ms(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
+    return f"{_milliseconds(seconds)}ms"
 
 
 def _read(cur: psycopg.Cursor[tuple[Any, ...]], max_rows: int | None) -> QueryResult:
@@ -146,7 +174,6 @@ class Session:
         self._max_backoff = max_backoff
         self._name = name
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._timeouts: tuple[float, float] | None = None
         self._failures = 0
         self._next_attempt = 0.0
         self.facts: ServerFacts | None = None
@@ -157,18 +184,29 @@ class Session:
             params.setdefault(key, value)
         options = [
             params.pop("options", "") or "",
-            "-c default_transaction_read_only=on",
-            f"-c statement_timeout={_ms(self._default_timeout)}",
-            f"-c lock_timeout={_ms(self._default_lock_timeout)}",
             # A check never holds a transaction open; if one ever did, the server ends it.
             "-c idle_in_transaction_session_timeout=60s",
+            *(f"-c {name}={_escape_option(value)}" for name, value in self._pinned().items()),
         ]
-        if self._target.search_path:
-            schema = '"' + self._target.search_path.replace('"', '""') + '"'
-            options.append(f"-c search_path={_escape_option(schema)},public")
         params["options"] = " ".join(o for o in options if o)
         params["application_name"] = APPLICATION_NAME
         return params
+
+    def _pinned(self) -> dict[str, str]:
+        """The settings every check runs under, as the server reports them back (``_PINNED``)."""
+        schema = '"' + (self._target.search_path or "public").replace('"', '""') + '"'
+        return {
+            "default_transaction_read_only": "on",
+            # The vetter reads '…' strings as PostgreSQL does with this on; a role or database
+            # default of off would make a backslash end a string it read as text.
+            "standard_conforming_strings": "on",
+            # A row-level security policy runs its owner's code: fail instead of applying it.
+            "row_security": "off",
+            # Names in a check mean the catalog's objects first (sqlallow.py), then the portal's.
+            "search_path": f"pg_catalog,{schema},pg_temp",
+            "statement_timeout": str(_milliseconds(self._default_timeout)),
+            "lock_timeout": str(_milliseconds(self._default_lock_timeout)),
+        }
 
     @property
     def connected(self) -> bool:
@@ -186,10 +224,10 @@ class Session:
             )
         try:
             conn = psycopg.connect(autocommit=True, **self._connect_kwargs())
-            if self._target.pgbouncer:
-                conn.prepare_threshold = None  # pgbouncer transaction pooling breaks prepared plans
+            # DISCARD ALL after every run drops prepared statements (and pgbouncer's transaction
+            # pooling breaks them): never prepare.
+            conn.prepare_threshold = None
             self._conn = conn
-            self._timeouts = (self._default_timeout, self._default_lock_timeout)
             facts = self.refresh_facts()
         except psycopg.Error as exc:
             self._fail(exc)
@@ -221,6 +259,19 @@ class Session:
     def refresh_facts(self) -> ServerFacts:
         probes = {"relations": self._probe_relations, "settings": self._probe_settings}
         row = self._execute(_FACTS_SQL, probes).rows[0]
+        expected = self._pinned()
+        # (text arrives as bytes from a SQL_ASCII database)
+        pinned = [v.decode() if isinstance(v, bytes) else v for v in row[5]]
+        wrong = [
+            f"{name} is {value!r}, not {expected[name]!r}"
+            for name, value in zip(_PINNED, pinned, strict=True)
+            if value != expected[name]
+        ]
+        if wrong:
+            # A pooler that drops startup options, say: no check runs on such a session.
+            raise psycopg.InterfaceError(
+                "the session does not have the settings it was opened with: " + "; ".join(wrong)
+            )
         self.facts = ServerFacts(
             version_num=int(row[0]),
             in_recovery=bool(row[1]),
@@ -240,27 +291,48 @@ class Session:
         lock_timeout: float,
         max_rows: int,
     ) -> QueryResult:
-        """Run one check's statement under its own timeouts; raises CheckError."""
+        """Run one check's statement under its own timeouts, then reset the session.
+
+        Raises CheckError. Whatever the statement did to the session, the next one starts from
+        the state the connection was opened with, or on a new connection.
+        """
         try:
-            if self._timeouts == (timeout, lock_timeout) or self._conn is None:
-                return self._execute(sql, params, max_rows=max_rows)
-            # New timeouts travel in the same round trip as the statement (pipeline mode).
-            self._timeouts = None
+            if self._conn is None:
+                raise psycopg.OperationalError("not connected")
+            # The timeouts travel in the same round trip as the statement (pipeline mode), every
+            # run: a check never runs under timeouts some earlier statement left behind.
             with self._conn.pipeline() as pipeline, self._conn.cursor() as cur:
-                cur.execute(
-                    b"SELECT set_config('statement_timeout', %(t)s, false),"
-                    b" set_config('lock_timeout', %(l)s, false)",
-                    {"t": _ms(timeout), "l": _ms(lock_timeout)},
-                )
+                cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
                 cur.execute(sql.encode(), params)
                 pipeline.sync()
                 result = _read(cur, max_rows)
-            self._timeouts = (timeout, lock_timeout)
-            return result
         except psycopg.Error as exc:
             if classify(exc) is Reason.CONNECTION:
                 self._fail(exc)
-            raise self._error(exc) from None
+                raise self._error(exc) from None
+            error = self._error(exc)
+            self._reset()
+            raise error from None
+        self._reset()
+        return result
+
+    def _reset(self) -> None:
+        """Back to the connection's start: settings, role, advisory locks, LISTENs, temp tables."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.execute(b"DISCARD ALL")
+        except psycopg.Error as exc:
+            if classify(exc) is Reason.CONNECTION:
+                self._fail(exc)
+                return
+            # Not reset, never reused: the next run opens a new connection.
+            level = logging.DEBUG if classify(exc) is Reason.TIMEOUT else logging.WARNING
+            logger.log(
+                level, "%s: reset failed (%s); reconnecting", self._name, self._describe(exc)
+            )
+            self.close()
 
     def _execute(
         self, sql: str, params: Mapping[str, Any], *, max_rows: int | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertgen, dashgen, docgen, ruletests
+from pg_runbook_exporter.mixin import alertgen, dashgen, docgen, kubernetes, ruletests
 from pg_runbook_exporter.mixin.options import MixinOptions
 
 README = "README.md"
@@ -56,6 +56,7 @@ def outputs(config: Config, *, root: Path, options: MixinOptions | None = None) 
     files: dict[str, str] = {}
     for folder, generator in GENERATORS:
         files.update({f"{folder}/{p}": text for p, text in generator(config, options).items()})
+    files.update(kubernetes.generate(files))  # wraps the rendered rules and dashboards
     readme_path = root / README
     if readme_path.is_file():  # a checkout; an installed copy writes into a folder without one
         readme = readme_path.read_text(encoding="utf-8")

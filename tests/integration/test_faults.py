@@ -30,6 +30,7 @@ from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.session import APPLICATION_NAME
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, PortalDb, Server, Servers
 from tests.support.collect import Scrape, serving, wait_for
+from tests.support.unvetted import unvetted_config
 
 pytestmark = pytest.mark.fault
 
@@ -365,7 +366,7 @@ def active_sleeps(db: PortalDb) -> list[tuple[Any, ...]]:
 
 
 def test_a_check_past_its_timeout_is_cancelled_on_the_server(portal_db: PortalDb) -> None:
-    config = parse_config(SLOW, source="slow.yaml")
+    config = unvetted_config(SLOW, source="slow.yaml")  # pg_sleep() is refused at load
     with exporter(portal_db.monitor_dsn, config) as running:
         failed = running.until(
             lambda s: s.get("pgrb_check_success", check="slow") == 0, what="the slow check to fail"
@@ -379,7 +380,7 @@ def test_a_check_past_its_timeout_is_cancelled_on_the_server(portal_db: PortalDb
 
 
 def test_stopping_the_exporter_cancels_a_running_check(portal_db: PortalDb) -> None:
-    config = parse_config(SLOW.replace("timeout: 500ms", "timeout: 1m"), source="slow.yaml")
+    config = unvetted_config(SLOW.replace("timeout: 500ms", "timeout: 1m"), source="slow.yaml")
     with exporter(portal_db.monitor_dsn, config):
         wait_for(lambda: len(active_sleeps(portal_db)) == 1, what="the slow check to run")
     wait_for(

@@ -96,15 +96,17 @@ def test_with_logging_collector_on_the_log_directory_is_measured(
     # nothing else writes to the log while the test reads it
     server = own_server(settings={"logging_collector": True, "log_checkpoints": False})
     db = own_portal(server)
-    server.execute("SELECT pg_rotate_logfile()")  # a second file
-    wait_for(
-        lambda: server.execute("SELECT count(*) FROM pg_ls_logdir()")[0][0] == 2,
-        what="the rotated log file",
-    )
+
+    def rotated() -> bool:
+        # A file name carries its second: a rotation within the first one reuses the name.
+        server.execute("SELECT pg_rotate_logfile()")
+        return bool(server.execute("SELECT count(*) FROM pg_ls_logdir()")[0][0] >= 2)
+
+    wait_for(rotated, what="a second log file")
     scrape = collect_once(db.monitor_dsn, configured(only=["server_logs"]))
     log_dir = server.data_dir / "log"
     on_disk = [log_dir / name for name in os.listdir(log_dir)]
-    assert scrape.value("pgrb_log_files") == len(on_disk) == 2
+    assert scrape.value("pgrb_log_files") == len(on_disk) >= 2
     assert scrape.value("pgrb_log_directory_size_bytes") == sum(p.stat().st_size for p in on_disk)
 
 

@@ -78,11 +78,11 @@ IN_CI = os.environ.get("CI") == "true"
 T = TypeVar("T")
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, *, packages: str = "prometheus, prometheus-alertmanager") -> str:
     """Path of a binary the test needs: skipped when missing locally, a failure in CI."""
     path = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian packages prometheus, prometheus-alertmanager)"
+        message = f"{name} is not installed (Debian packages {packages})"
         if IN_CI:
             pytest.fail(f"{message}; CI=true: a missing tool is a failure", pytrace=False)
         pytest.skip(message)

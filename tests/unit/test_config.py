@@ -163,7 +163,7 @@ def test_unknown_sql_parameters_and_stray_percent_signs_are_rejected() -> None:
         checks:
           a:
             help: A.
-            sql: "SELECT count(*) AS n FROM t WHERE x LIKE 'a%' AND y > %(nope)s"
+            sql: "SELECT count(*) AS n FROM users WHERE x LIKE 'a%' AND y > %(nope)s"
             metrics: {n: {name: rows, type: gauge, help: x}}
         """
     )
