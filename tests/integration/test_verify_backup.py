@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -274,3 +275,25 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_the_serving_path_never_loads_the_verification() -> None:
+    probe = (
+        "import sys\n"
+        "from pg_runbook_exporter.backup.sources import BackupOptions\n"
+        "from pg_runbook_exporter.cli import Common, build_pipeline\n"
+        "from pg_runbook_exporter.config import load_config\n"
+        "from pg_runbook_exporter.database_url import parse_database_url\n"
+        "common = Common(config=load_config(), target=parse_database_url('postgresql://u@127.0.0.1/db'),\n"
+        "                connections=1, backups=BackupOptions(directory=None))\n"
+        "build_pipeline(common)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pg_runbook_exporter.backup')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = ast.literal_eval(done.stdout)
+    assert "pg_runbook_exporter.backup.sources" in loaded
+    assert not {
+        f"pg_runbook_exporter.backup.{m}" for m in ("verify", "restore", "versions", "command")
+    } & set(loaded)
