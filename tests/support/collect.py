@@ -21,6 +21,8 @@ from pg_runbook_exporter.state import ResultCache
 from pg_runbook_exporter.web.server import WebServer
 
 LabelSet = frozenset[tuple[str, str]]
+# The checks that read backup files, not the database: skipped without --backup.dir.
+FILE_CHECKS = tuple(c.name for c in load_config().checks if c.source is not None)
 
 
 @dataclass(frozen=True)
