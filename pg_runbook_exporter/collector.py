@@ -1,32 +1,58 @@
-"""A prometheus_client collector over the result cache: the checks' metrics and the exporter's own.
+"""The renderer: a registry of the checks' metrics and the exporter's own, rendered from snapshots.
 
-It is called once per render (after a check run), never per scrape, and never raises: a check's
-problems are already in the cache as state.
+The renderer owns its registry and is handed a snapshot of the result cache after each check run;
+it renders once per run, never per scrape, and never reads the cache back. A check's problems are
+already in the snapshot as state, so rendering never raises for them.
 """
 
 from __future__ import annotations
 
-import logging
 import platform
+import threading
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from pg_runbook_exporter import __version__, selfmetrics
-from pg_runbook_exporter.state import CheckState, ResultCache, Snapshot
-
-logger = logging.getLogger(__name__)
+from pg_runbook_exporter.exposition import EMPTY, Exposition, render
+from pg_runbook_exporter.state import CheckState, Snapshot
 
 Family = GaugeMetricFamily | CounterMetricFamily
 
 
-class RunbookCollector(Collector):
-    def __init__(self, cache: ResultCache) -> None:
-        self._cache = cache
+class Renderer:
+    """Renders snapshots into the exposition the web server serves; ``exposition`` is the last."""
+
+    def __init__(self, *extra: Collector) -> None:
+        self._checks = SnapshotCollector()
+        self._registry = CollectorRegistry(auto_describe=False)
+        for collector in (self._checks, *extra):
+            self._registry.register(collector)
+        self._lock = threading.Lock()
+        self.exposition: Exposition = EMPTY
+
+    def publish(self, snapshot: Snapshot) -> Exposition:
+        """Render ``snapshot``; serialised, so renders never interleave."""
+        with self._lock:
+            self._checks.snapshot = snapshot
+            try:
+                self.exposition = render(self._registry)
+            finally:
+                self._checks.snapshot = None
+            return self.exposition
+
+
+class SnapshotCollector(Collector):
+    """Yields the metric families of the snapshot it is given for one render."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._cache.snapshot()
+        snap = self.snapshot
+        if snap is None:  # outside a render (e.g. a registry describing itself)
+            return
         yield from self._check_metrics(snap)
         yield from self._setting_metrics(snap)
         yield from self._self_metrics(snap)
@@ -114,7 +140,7 @@ def _add_state(
 ) -> None:
     check = [state.check.name]
     if state.skipped is not None:
-        skipped.add_metric([*check, state.skipped], 1.0)
+        skipped.add_metric([*check, str(state.skipped)], 1.0)
         return
     if state.success is not None:
         success.add_metric(check, 1.0 if state.success else 0.0)

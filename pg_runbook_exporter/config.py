@@ -6,7 +6,6 @@ key (``queries.yaml: checks.locks.interval: …``), so a bad config is fixed in 
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,27 +15,19 @@ import yaml
 
 from pg_runbook_exporter import selfmetrics
 from pg_runbook_exporter.backup.sources import SOURCES
+from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.sqlvet import vet
 from pg_runbook_exporter.validation import Problems, UniqueKeyLoader
-
-logger = logging.getLogger(__name__)
 
 MetricType = Literal["gauge", "counter"]
 SettingValue = int | float | str | tuple[str, ...]
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-_STRAY_PERCENT = re.compile(r"%(?!%|\(\w+\)s)")
+# Read left to right, so "%%" is one escape and its second "%" no stray; a lone "%" is captured.
+_PERCENT = re.compile(r"%%|%\(\w+\)s|(%)")
 _SERVER_SETTING = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?$")
 _FIX_FIELD = re.compile(r"\{(\w+)\}")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -235,7 +226,7 @@ def _check_placeholders(
             problems.add(
                 where, f"%({name})s names no setting (settings: {', '.join(sorted(settings))})"
             )
-        if _STRAY_PERCENT.search(variant.sql):
+        if any(match.group(1) for match in _PERCENT.finditer(variant.sql)):
             problems.add(where, "a literal % must be written %% (settings are bound as %(name)s)")
 
 
@@ -514,6 +505,4 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    config = parse_config(text, source=str(path), path=path)
-    logger.debug("loaded %d checks from %s", len(config.checks), path)
-    return config
+    return parse_config(text, source=str(path), path=path)

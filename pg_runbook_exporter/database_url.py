@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg.conninfo
 from psycopg import ProgrammingError
+
+from pg_runbook_exporter.errors import DatabaseUrlError
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +35,7 @@ PRISMA_ONLY = frozenset(
 )
 _URL_PASSWORD = re.compile(r"(?P<head>\w+://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\S+)")
-
-
-class DatabaseUrlError(ValueError):
-    """A DATABASE_URL that cannot be used; the message never contains the password."""
+_QUOTED = re.compile(r'"[^"]*"')
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,7 @@ class DatabaseTarget:
     pgbouncer: bool = False
     warnings: tuple[str, ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    password_in_url: bool = False  # the URL's own text carries a password
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -113,13 +113,25 @@ def _url_secrets(url: str) -> tuple[str, ...]:
     return tuple(s for s in ((secret, unquote(secret)) if at and colon else ()) if s)
 
 
+def _query(query: str) -> dict[str, str]:
+    """A URL's query parameters decoded as libpq decodes them: %XX only, a ``+`` stays a ``+``."""
+    params: dict[str, str] = {}
+    for item in query.split("&"):
+        if item:
+            key, _, value = item.partition("=")
+            params[unquote(key)] = unquote(value)
+    return params
+
+
 def _from_url(url: str, *, password: str | None, secrets: tuple[str, ...]) -> DatabaseTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise DatabaseUrlError(f"unsupported URL scheme {parts.scheme!r}: expected postgresql://")
-    if parts.password:
-        secrets = (*secrets, parts.password)
-    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    params = _query(parts.query)
+    embedded = tuple(
+        s for s in (parts.password, unquote(parts.password or ""), params.get("password")) if s
+    )
+    secrets = (*secrets, *dict.fromkeys(embedded))
     warnings: list[str] = []
     _translate_tls(params, warnings)
     search_path = params.get("schema") or None
@@ -128,12 +140,16 @@ def _from_url(url: str, *, password: str | None, secrets: tuple[str, ...]) -> Da
     dropped = sorted(set(params) - set(kept) - {"sslcert"})
     if dropped:
         logger.debug("ignoring Prisma-only URL parameters: %s", ", ".join(dropped))
-    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), ""))
-    extra = {"password": password} if password else {}
+    # The parameters go to libpq as keywords, never re-encoded into a URL (where a space would
+    # come back as a literal "+").
+    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    if password:
+        kept["password"] = password
     try:
-        conninfo = psycopg.conninfo.make_conninfo(clean, **extra)
+        conninfo = psycopg.conninfo.make_conninfo(clean, **kept)
     except ProgrammingError as exc:
-        raise DatabaseUrlError(redact(str(exc), secrets)) from None
+        problem = _libpq_problem(exc, secrets, has_password="password" in params)
+        raise DatabaseUrlError(problem) from None
     host = parts.hostname or params.get("host", "localhost")
     display_netloc = f"{quote(parts.username or '')}@{host}" + (
         f":{parts.port}" if parts.port else ""
@@ -146,16 +162,33 @@ def _from_url(url: str, *, password: str | None, secrets: tuple[str, ...]) -> Da
         pgbouncer=pgbouncer,
         warnings=tuple(warnings),
         secrets=secrets,
+        password_in_url=bool(embedded),
     )
+
+
+def _libpq_problem(exc: ProgrammingError, secrets: tuple[str, ...], *, has_password: bool) -> str:
+    """libpq's complaint about connection parameters, without any part of a password.
+
+    libpq quotes the text it stumbled on (``missing "=" after "cret99"``, ``invalid connection
+    option "b"``). Where a ``password`` parameter was given, that text may be a piece of it (a
+    password with an unquoted space, or a ``&`` in a query), so every quoted fragment is hidden.
+    """
+    message = redact(str(exc).strip().splitlines()[0], secrets)
+    if not has_password:
+        return message
+    hidden = _QUOTED.sub(lambda m: m.group(0) if m.group(0) == '"="' else '"…"', message)
+    return f"{hidden} (the password parameter is one value: quote or percent-encode it)"
 
 
 def _from_conninfo(text: str, *, password: str | None, secrets: tuple[str, ...]) -> DatabaseTarget:
     try:
         params = psycopg.conninfo.conninfo_to_dict(text)
     except ProgrammingError as exc:
-        raise DatabaseUrlError(redact(str(exc), secrets)) from None
-    if params.get("password"):
-        secrets = (*secrets, str(params["password"]))
+        problem = _libpq_problem(exc, secrets, has_password="password" in text)
+        raise DatabaseUrlError(problem) from None
+    embedded = str(params.get("password") or "")
+    if embedded:
+        secrets = (*secrets, embedded)
     if password:
         params["password"] = password
     conninfo = psycopg.conninfo.make_conninfo(
@@ -163,4 +196,6 @@ def _from_conninfo(text: str, *, password: str | None, secrets: tuple[str, ...])
     )
     shown = ("host", "port", "dbname", "user")
     display = " ".join(f"{k}={params[k]}" for k in shown if k in params)
-    return DatabaseTarget(conninfo=conninfo, display=display, secrets=secrets)
+    return DatabaseTarget(
+        conninfo=conninfo, display=display, secrets=secrets, password_in_url=bool(embedded)
+    )

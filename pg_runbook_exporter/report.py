@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 
-from pg_runbook_exporter.session import Reason
+from pg_runbook_exporter.errors import CheckError, FailureReason, SkipReason
 from pg_runbook_exporter.state import CheckState
 
 _DENIED = re.compile(r"permission denied for (table|relation|view|function|schema) (\S+)")
@@ -24,6 +24,7 @@ class Line:
     failed: bool
     fix: str | None
     more_fixes: tuple[str, ...] = ()  # from queries.yaml `fix:` of values above 0
+    skipped: bool = False
 
 
 def identifier(name: str) -> str:
@@ -88,14 +89,23 @@ def describe(state: CheckState, role: str) -> Line:
     series = str(state.samples.series) if state.samples and state.success else "-"
     if state.skipped is not None:
         needs = ", ".join(f"{n} = {v}" for n, v in state.check.requires.settings)
-        why = f"{state.skipped}: needs {needs}" if state.skipped == "setting" else state.skipped
-        return Line(state.check.name, f"skipped ({why})", "-", "-", False, None)
+        setting = state.skipped is SkipReason.SETTING
+        why = f"{state.skipped}: needs {needs}" if setting else str(state.skipped)
+        return Line(state.check.name, f"skipped ({why})", "-", "-", False, None, skipped=True)
     if state.success:
         fixes = declared_fixes(state, role)
         return Line(state.check.name, "ok", duration, series, False, None, fixes)
-    reason, _, message = (state.last_error or "other: unknown error").partition(": ")
-    fix = grant_for(message, role) if reason == Reason.PERMISSION else None
-    return Line(state.check.name, f"FAILED ({reason}): {message}", duration, series, True, fix)
+    error = state.last_error or CheckError(FailureReason.OTHER, "unknown error")
+    fix = grant_for(error.message, role) if error.reason is FailureReason.PERMISSION else None
+    status = f"FAILED ({error.reason}): {error.message}"
+    return Line(state.check.name, status, duration, series, True, fix)
+
+
+def summary(lines: list[Line]) -> str:
+    """``N ok, N failed, N skipped``."""
+    failed = sum(x.failed for x in lines)
+    skipped = sum(x.skipped for x in lines)
+    return f"{len(lines) - failed - skipped} ok, {failed} failed, {skipped} skipped"
 
 
 def format_table(lines: list[Line]) -> str:

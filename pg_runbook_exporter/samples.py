@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from pg_runbook_exporter.config import Check
-from pg_runbook_exporter.session import CheckError, QueryResult, Reason
+from pg_runbook_exporter.errors import CheckError, FailureReason
+from pg_runbook_exporter.session import QueryResult
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def build_samples(check: Check, result: QueryResult) -> Samples:
         ]
         if not parts:
             parts.append(f"{where}.sql: returns a column name twice")
-        raise CheckError(Reason.INVALID_RESULT, "; ".join(parts))
+        raise CheckError(FailureReason.INVALID_RESULT, "; ".join(parts))
     label_at = [result.columns.index(name) for name in check.labels]
     value_at = [result.columns.index(m.column) for m in check.metrics]
     rows = []
@@ -94,13 +95,17 @@ def build_samples(check: Check, result: QueryResult) -> Samples:
         labels = tuple(label_text(raw[i]) for i in label_at)
         if labels in seen:
             shown = ", ".join(f"{n}={v!r}" for n, v in zip(check.labels, labels, strict=True))
-            raise CheckError(Reason.INVALID_RESULT, f"two rows have the same labels ({shown})")
+            raise CheckError(
+                FailureReason.INVALID_RESULT, f"two rows have the same labels ({shown})"
+            )
         seen.add(labels)
         values = []
         for metric, i in zip(check.metrics, value_at, strict=True):
             try:
                 values.append(to_number(raw[i]))
             except TypeError as exc:
-                raise CheckError(Reason.INVALID_RESULT, f"column {metric.column}: {exc}") from None
+                raise CheckError(
+                    FailureReason.INVALID_RESULT, f"column {metric.column}: {exc}"
+                ) from None
         rows.append(Row(labels=labels, values=tuple(values)))
     return Samples(rows=tuple(rows), truncated=result.truncated)

@@ -17,30 +17,31 @@ from collections.abc import Callable
 from pg_runbook_exporter.backup.sources import FileReader
 from pg_runbook_exporter.config import Check, Config
 from pg_runbook_exporter.database_url import DatabaseTarget
+from pg_runbook_exporter.errors import CheckError, FailureReason, SkipReason
 from pg_runbook_exporter.samples import build_samples
-from pg_runbook_exporter.session import CheckError, Reason, ServerFacts, Session
-from pg_runbook_exporter.state import ResultCache
+from pg_runbook_exporter.session import ServerFacts, Session
+from pg_runbook_exporter.state import ResultCache, Snapshot
 
 logger = logging.getLogger(__name__)
 
 
-def unmet_requirement(check: Check, facts: ServerFacts) -> str | None:
+def unmet_requirement(check: Check, facts: ServerFacts) -> SkipReason | None:
     """Why the check cannot run on this server, or None when it can."""
     req = check.requires
     if req.min_version is not None and facts.major < req.min_version:
-        return "version"
+        return SkipReason.VERSION
     if req.max_version is not None and facts.major > req.max_version:
-        return "version"
+        return SkipReason.VERSION
     if check.sql_for(facts.major) is None:
-        return "version"
+        return SkipReason.VERSION
     if req.primary and facts.in_recovery:
-        return "standby"
+        return SkipReason.STANDBY
     if req.extension is not None and req.extension not in facts.extensions:
-        return "extension"
+        return SkipReason.EXTENSION
     if any(r not in facts.relations for r in req.relations):
-        return "relation"
+        return SkipReason.RELATION
     if any(facts.settings.get(name) != value for name, value in req.settings):
-        return "setting"
+        return SkipReason.SETTING
     return None
 
 
@@ -51,6 +52,7 @@ class Scheduler:
         config: Config,
         target: DatabaseTarget,
         cache: ResultCache,
+        publish: Callable[[Snapshot], object] = lambda _: None,
         connections: int = 1,
         facts_interval: float = 15.0,
         max_backoff: float = 5.0,
@@ -61,6 +63,7 @@ class Scheduler:
             raise ValueError("at least one connection is needed")
         self._config = config
         self._cache = cache
+        self._publish = publish
         self._facts_interval = facts_interval
         self._clock = clock
         self._params = config.sql_params()
@@ -94,8 +97,12 @@ class Scheduler:
             queue = self._files_queue if check.source is not None else self._queue
             heapq.heappush(queue, (start, next(self._order), check))
 
+    def publish(self) -> None:
+        """Hand the cache's current snapshot to whoever renders it."""
+        self._publish(self._cache.snapshot())
+
     def start(self) -> None:
-        self._cache.publish()
+        self.publish()
         for index, session in enumerate(self._sessions):
             thread = threading.Thread(
                 target=self._work, args=(session,), name=f"collector-{index + 1}", daemon=True
@@ -127,7 +134,7 @@ class Scheduler:
                 self._run(session, check)
             else:
                 self._run_source(check)
-        self._cache.publish()
+        self.publish()
 
     def _next(self, queue: list[tuple[float, int, Check]]) -> Check | None:
         with self._cond:
@@ -159,7 +166,7 @@ class Scheduler:
             started = self._clock()
             try:
                 run(check)
-                self._cache.publish()
+                self.publish()
             except Exception:  # a bug must not kill collection, nor log a traceback every run
                 first = check.name not in self._crashed
                 self._crashed.add(check.name)
@@ -198,7 +205,7 @@ class Scheduler:
             )
             samples = build_samples(check, result)
         except CheckError as error:
-            if error.reason is Reason.CONNECTION:
+            if error.reason is FailureReason.CONNECTION:
                 self._cache.set_up(False)
             self._cache.record_failure(check.name, error, self._clock() - started)
             return
@@ -208,7 +215,7 @@ class Scheduler:
         """A check that reads files (``source``): no session, no server facts."""
         assert check.source is not None
         if self._files is None or not self._files.configured:
-            self._cache.record_skip(check.name, "unconfigured")
+            self._cache.record_skip(check.name, SkipReason.UNCONFIGURED)
             return
         started = self._clock()
         try:

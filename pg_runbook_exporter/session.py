@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -22,6 +21,7 @@ import psycopg.conninfo
 from psycopg import errors as pg_errors
 
 from pg_runbook_exporter.database_url import DatabaseTarget, redact
+from pg_runbook_exporter.errors import CheckError, FailureReason
 
 logger = logging.getLogger(__name__)
 
@@ -38,42 +38,22 @@ _CONNECTION_DEFAULTS = {
 }
 
 
-class Reason(StrEnum):
-    """Why a check run failed, as exported in ``check_errors_total{reason}``."""
-
-    TIMEOUT = "timeout"
-    LOCK_TIMEOUT = "lock_timeout"
-    PERMISSION = "permission"
-    CONNECTION = "connection"
-    INVALID_RESULT = "invalid_result"
-    OTHER = "other"
-
-
-class CheckError(Exception):
-    """A failed run, with its reason and a message that is safe to log."""
-
-    def __init__(self, reason: Reason, message: str, *, sqlstate: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.sqlstate = sqlstate
-
-
-def classify(exc: BaseException) -> Reason:
+def classify(exc: BaseException) -> FailureReason:
     """Map a psycopg error to a reason, by SQLSTATE where the server gave one."""
     if isinstance(exc, pg_errors.LockNotAvailable):
-        return Reason.LOCK_TIMEOUT
+        return FailureReason.LOCK_TIMEOUT
     if isinstance(exc, pg_errors.QueryCanceled):
-        return Reason.TIMEOUT
+        return FailureReason.TIMEOUT
     if isinstance(exc, pg_errors.InsufficientPrivilege):
-        return Reason.PERMISSION
+        return FailureReason.PERMISSION
     sqlstate = getattr(exc, "sqlstate", None) or ""
     # Class 08 (connection exception), 57P0x (admin shutdown, crash, cannot connect now) and
     # errors without SQLSTATE from the client side all mean the session is gone.
     if sqlstate.startswith(("08", "57P")) or (
         isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not sqlstate
     ):
-        return Reason.CONNECTION
-    return Reason.OTHER
+        return FailureReason.CONNECTION
+    return FailureReason.OTHER
 
 
 @dataclass(frozen=True)
@@ -219,7 +199,7 @@ class Session:
         now = time.monotonic()
         if now < self._next_attempt:
             raise CheckError(
-                Reason.CONNECTION,
+                FailureReason.CONNECTION,
                 f"database unreachable; next attempt in {self._next_attempt - now:.1f}s",
             )
         try:
@@ -252,7 +232,7 @@ class Session:
         try:
             return self.refresh_facts()
         except psycopg.Error as exc:
-            if classify(exc) is Reason.CONNECTION:
+            if classify(exc) is FailureReason.CONNECTION:
                 self._fail(exc)
             raise self._error(exc) from None
 
@@ -307,7 +287,7 @@ class Session:
                 pipeline.sync()
                 result = _read(cur, max_rows)
         except psycopg.Error as exc:
-            if classify(exc) is Reason.CONNECTION:
+            if classify(exc) is FailureReason.CONNECTION:
                 self._fail(exc)
                 raise self._error(exc) from None
             error = self._error(exc)
@@ -324,11 +304,11 @@ class Session:
         try:
             conn.execute(b"DISCARD ALL")
         except psycopg.Error as exc:
-            if classify(exc) is Reason.CONNECTION:
+            if classify(exc) is FailureReason.CONNECTION:
                 self._fail(exc)
                 return
             # Not reset, never reused: the next run opens a new connection.
-            level = logging.DEBUG if classify(exc) is Reason.TIMEOUT else logging.WARNING
+            level = logging.DEBUG if classify(exc) is FailureReason.TIMEOUT else logging.WARNING
             logger.log(
                 level, "%s: reset failed (%s); reconnecting", self._name, self._describe(exc)
             )

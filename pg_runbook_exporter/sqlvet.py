@@ -14,15 +14,12 @@ pinning ``search_path`` (see ``sqlallow.py``) and ``standard_conforming_strings`
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 import pgparse
 
 from pg_runbook_exporter import sqlallow
-
-logger = logging.getLogger(__name__)
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 _ALLOWLIST = "pg_runbook_exporter/sqlallow.py"

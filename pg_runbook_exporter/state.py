@@ -1,8 +1,8 @@
-"""The last result of every check, and the exposition rendered from them.
+"""The last result of every check, recorded by the collection threads and read as snapshots.
 
-Collection threads record results here; every record re-renders the exposition once, and the web
-server only ever reads the rendered bytes. State changes (a check starts failing, recovers, is
-skipped) are logged once, never once per retry.
+The cache holds states only: rendering them is the renderer's job (``collector.py``), which is
+handed a snapshot after each run. State changes (a check starts failing, recovers, is skipped) are
+logged once, never once per retry.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from prometheus_client.registry import Collector, CollectorRegistry
-
 from pg_runbook_exporter.config import Check, Config
-from pg_runbook_exporter.exposition import EMPTY, Exposition, render
+from pg_runbook_exporter.errors import CheckError, FailureReason, SkipReason
 from pg_runbook_exporter.samples import Samples
-from pg_runbook_exporter.session import CheckError, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +27,12 @@ class CheckState:
     check: Check
     samples: Samples | None = None
     success: bool | None = None  # None: never ran, or skipped
-    skipped: str | None = None
+    skipped: SkipReason | None = None
     duration: float | None = None
     last_success: float | None = None  # wall clock, exported
     last_success_monotonic: float | None = None  # decides staleness
-    errors: tuple[tuple[Reason, int], ...] = tuple((r, 0) for r in Reason)
-    last_error: str | None = None
+    errors: tuple[tuple[FailureReason, int], ...] = tuple((r, 0) for r in FailureReason)
+    last_error: CheckError | None = None
 
     @property
     def ran(self) -> bool:
@@ -76,15 +73,6 @@ class ResultCache:
         self._render_lock = threading.Lock()
         self._states = {c.name: CheckState(check=c) for c in config.checks}
         self._up: bool | None = None
-        self._registry: CollectorRegistry | None = None
-        self.exposition: Exposition = EMPTY
-
-    def attach(self, *collectors: Collector) -> None:
-        """The collectors rendered into the exposition (ours, plus process metrics)."""
-        registry = CollectorRegistry(auto_describe=False)
-        for collector in collectors:
-            registry.register(collector)
-        self._registry = registry
 
     # -- recording ------------------------------------------------------------------------
 
@@ -115,11 +103,13 @@ class ResultCache:
     def record_failure(self, name: str, error: CheckError, duration: float) -> None:
         with self._lock:
             old = self._states[name]
-            message = f"{error.reason}: {error}"
-            if old.success is not False or not (old.last_error or "").startswith(error.reason):
+            was = old.last_error.reason if old.last_error is not None else None
+            if old.success is not False or was is not error.reason:
                 # a lost connection is logged once by the session, not once per check
-                level = logging.DEBUG if error.reason is Reason.CONNECTION else logging.WARNING
-                logger.log(level, "check %s failed (%s): %s", name, error.reason, error)
+                level = (
+                    logging.DEBUG if error.reason is FailureReason.CONNECTION else logging.WARNING
+                )
+                logger.log(level, "check %s failed (%s): %s", name, error.reason, error.message)
             errors = tuple((r, n + 1 if r is error.reason else n) for r, n in old.errors)
             self._states[name] = replace(
                 old,
@@ -127,10 +117,10 @@ class ResultCache:
                 skipped=None,
                 duration=duration,
                 errors=errors,
-                last_error=message,
+                last_error=error.detached(),
             )
 
-    def record_skip(self, name: str, reason: str) -> None:
+    def record_skip(self, name: str, reason: SkipReason) -> None:
         with self._lock:
             old = self._states[name]
             if old.skipped != reason:
@@ -154,10 +144,6 @@ class ResultCache:
                 taken_at=self._clock(),
             )
 
-    def state(self, name: str) -> CheckState:
-        with self._lock:
-            return self._states[name]
-
     def ready(self) -> tuple[bool, str]:
         """Ready once the database answered and every check has run at least once."""
         snap = self.snapshot()
@@ -167,11 +153,3 @@ class ResultCache:
         if waiting:
             return False, f"first collection not finished: {', '.join(waiting)}"
         return True, "ready"
-
-    def publish(self) -> Exposition:
-        """Render the exposition from the current state; serialised so renders never interleave."""
-        if self._registry is None:
-            raise RuntimeError("attach() collectors before publishing")
-        with self._render_lock:
-            self.exposition = render(self._registry)
-            return self.exposition

@@ -10,8 +10,9 @@ Fixtures
                   superuser DSN (for seeding), ``monitor_dsn`` (the exporter's role), the database
                   name and the server. ``portal_db_each`` is the same on ``pg_each``.
 ``own_server``    function scope: a factory ``own_server(major=None, **ThrowawayServer options)``
-                  for tests that stop, saturate or replicate a server of their own; every test
-                  using it is marked ``fault`` (deselect with ``-m "not fault"``).
+                  for tests that stop, saturate or replicate a server of their own
+                  (``own_server(standby_of=primary)``: a hot standby of one); every test using
+                  it is marked ``fault`` (deselect with ``-m "not fault"``).
 
 Servers start lazily (the first test that needs a major starts it) and are ``ThrowawayServer``s:
 a free 127.0.0.1 port, a private temp dir, the unprivileged server user when run as root.
@@ -32,25 +33,18 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TypeVar
-from urllib.parse import quote
+from typing import Any, NoReturn, TypeVar
 
-import psycopg
-import psycopg.conninfo
 import pytest
 from psycopg import sql
 
-from pg_runbook_exporter.pgserver.binaries import BinariesUnavailable, find_client_tool
-from pg_runbook_exporter.pgserver.throwaway import (
-    ServerError,
-    ThrowawayServer,
-    run_sql,
-    scram_verifier,
-)
+from pg_runbook_exporter.pgserver.binaries import BinariesUnavailable
+from pg_runbook_exporter.pgserver.server import PostgresServer, ServerError
+from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer, scram_verifier
+from tests.support.postgres import ExternalServer, Standby
 
 pytest_plugins = ["pytester"]
 
@@ -69,33 +63,8 @@ T = TypeVar("T")
 FETCH = os.environ.get("PGRB_PG_FETCH", "1") != "0"
 
 
-class Server(Protocol):
-    """What tests may use of a server, whether started here or given by ``PGRB_TEST_DSN``."""
-
-    major: int
-
-    def dsn(
-        self, *, user: str = ..., password: str | None = None, dbname: str = "postgres"
-    ) -> str: ...
-
-    def execute(
-        self,
-        statement: str | sql.SQL | sql.Composed,
-        params: Mapping[str, Any] | tuple[Any, ...] | None = None,
-        *,
-        dbname: str = "postgres",
-    ) -> list[tuple[Any, ...]]: ...
-
-    def psql(
-        self,
-        script: str | None = None,
-        *,
-        file: Path | None = None,
-        dbname: str = "postgres",
-        variables: Mapping[str, str] | None = None,
-    ) -> str: ...
-
-    def create_database(self, name: str, *, template: str = "template1") -> str: ...
+# What tests may use of a server, whether started here or given by ``PGRB_TEST_DSN``.
+Server = PostgresServer
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -103,71 +72,6 @@ def unavailable(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: a missing server is a failure)", pytrace=False)
     pytest.skip(reason)
-
-
-class ExternalServer:
-    """A server given by ``PGRB_TEST_DSN``: the ``Server`` operations over its URL."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._params = psycopg.conninfo.conninfo_to_dict(dsn)
-        self.superuser = str(self._params.get("user") or "postgres")
-        with self.connect() as conn:
-            self.major = conn.info.server_version // 10000
-
-    def connect(self, *, dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
-        conninfo = psycopg.conninfo.make_conninfo(self._dsn, dbname=dbname)
-        return psycopg.connect(conninfo, autocommit=True)
-
-    def dsn(
-        self, *, user: str | None = None, password: str | None = None, dbname: str = "postgres"
-    ) -> str:
-        if user is None or user == self.superuser:
-            user, password = self.superuser, password or str(self._params.get("password") or "")
-        auth = quote(user, safe="") + (f":{quote(str(password), safe='')}" if password else "")
-        host, port = self._params.get("host", "127.0.0.1"), self._params.get("port", 5432)
-        return f"postgresql://{auth}@{host}:{port}/{quote(dbname, safe='')}"
-
-    def execute(
-        self,
-        statement: str | sql.SQL | sql.Composed,
-        params: Mapping[str, Any] | tuple[Any, ...] | None = None,
-        *,
-        dbname: str = "postgres",
-    ) -> list[tuple[Any, ...]]:
-        with self.connect(dbname=dbname) as conn:
-            return run_sql(conn, statement, params)
-
-    def psql(
-        self,
-        script: str | None = None,
-        *,
-        file: Path | None = None,
-        dbname: str = "postgres",
-        variables: Mapping[str, str] | None = None,
-    ) -> str:
-        password = str(self._params.get("password") or "")
-        args = [str(find_client_tool("psql", min_major=0)), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-        for name, value in (variables or {}).items():
-            args += ["-v", f"{name}={value}"]
-        args += ["-f", str(file)] if file is not None else []
-        args += ["-c", script] if script is not None else []
-        # The password goes by environment, not on a command line others can read.
-        params: dict[str, Any] = {k: v for k, v in self._params.items() if k != "password"}
-        args += ["-d", psycopg.conninfo.make_conninfo("", **{**params, "dbname": dbname})]
-        env = {**os.environ, "PGPASSWORD": password} if password else dict(os.environ)
-        done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise ServerError(f"psql exited {done.returncode}: {done.stderr.strip()}")
-        return done.stdout
-
-    def create_database(self, name: str, *, template: str = "template1") -> str:
-        self.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-        return name
 
 
 def required(action: Callable[[], T]) -> T:
@@ -328,13 +232,20 @@ def own_server() -> Iterator[Callable[..., ThrowawayServer]]:
     """Factory of started servers this test alone uses; all are removed after it."""
     made: list[ThrowawayServer] = []
 
-    def make(*, major: int | None = None, **options: Any) -> ThrowawayServer:
-        server = start_throwaway(major or PRODUCTION_MAJOR, **options)
-        made.append(server)
+    def make(
+        *, major: int | None = None, standby_of: ThrowawayServer | None = None, **options: Any
+    ) -> ThrowawayServer:
+        if standby_of is not None:
+            server: ThrowawayServer = Standby(standby_of, **options)
+            made.append(server)
+            server.start()
+        else:
+            server = start_throwaway(major or PRODUCTION_MAJOR, **options)
+            made.append(server)
         return server
 
     try:
         yield make
     finally:
-        for server in made:
+        for server in reversed(made):  # standbys before their primary
             server.cleanup()

@@ -15,8 +15,9 @@ import click
 
 from pg_runbook_exporter.backup.record import VerificationRecord, record_path, write_record
 from pg_runbook_exporter.backup.verify import VerifyOptions, portal_checks, verify
-from pg_runbook_exporter.config import ConfigError, load_config
-from pg_runbook_exporter.database_url import DatabaseTarget, DatabaseUrlError, parse_database_url
+from pg_runbook_exporter.config import load_config
+from pg_runbook_exporter.database_url import DatabaseTarget, parse_database_url
+from pg_runbook_exporter.errors import ConfigError, DatabaseUrlError
 from pg_runbook_exporter.logs import setup_logging
 from pg_runbook_exporter.validation import parse_duration
 

@@ -25,7 +25,8 @@ from pg_runbook_exporter.backup.files import (
     verifications,
     zone_named,
 )
-from pg_runbook_exporter.session import CheckError, QueryResult, Reason
+from pg_runbook_exporter.errors import CheckError, FailureReason
+from pg_runbook_exporter.session import QueryResult
 
 FILES_COLUMNS = (
     "backup_full_files",
@@ -136,7 +137,7 @@ class FileReader:
         """The source's result; CheckError(timeout | permission | other) with the reason."""
         running = self._busy.get(source)
         if running is not None and running.is_alive():
-            raise CheckError(Reason.TIMEOUT, "the previous read has not returned yet")
+            raise CheckError(FailureReason.TIMEOUT, "the previous read has not returned yet")
         outcome: list[QueryResult | BaseException] = []
 
         def work() -> None:
@@ -150,12 +151,12 @@ class FileReader:
         thread.start()
         thread.join(timeout)
         if thread.is_alive():
-            raise CheckError(Reason.TIMEOUT, f"reading files took longer than {timeout:g}s")
+            raise CheckError(FailureReason.TIMEOUT, f"reading files took longer than {timeout:g}s")
         result = outcome[0]
         if isinstance(result, PermissionError):
-            raise CheckError(Reason.PERMISSION, _describe(result))
+            raise CheckError(FailureReason.PERMISSION, _describe(result))
         if isinstance(result, OSError):
-            raise CheckError(Reason.OTHER, _describe(result))
+            raise CheckError(FailureReason.OTHER, _describe(result))
         if isinstance(result, BaseException):
             raise result
         if len(result.rows) > max_rows:

@@ -33,16 +33,11 @@ from pg_runbook_exporter.backup.restore import (
 from pg_runbook_exporter.backup.versions import Tools, choose_tools
 from pg_runbook_exporter.config import Check, Config
 from pg_runbook_exporter.database_url import DatabaseTarget
+from pg_runbook_exporter.errors import CheckError
 from pg_runbook_exporter.pgserver.binaries import BinariesUnavailable
-from pg_runbook_exporter.pgserver.throwaway import (
-    SUPERUSER,
-    ServerError,
-    ServerUser,
-    Setting,
-    ThrowawayServer,
-    server_user,
-)
-from pg_runbook_exporter.session import CheckError, Session
+from pg_runbook_exporter.pgserver.server import SUPERUSER, ServerError, ServerUser
+from pg_runbook_exporter.pgserver.throwaway import Setting, ThrowawayServer, server_user
+from pg_runbook_exporter.session import Session
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from pg_runbook_exporter.config import Config, ConfigError
+from pg_runbook_exporter.config import Config
+from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.mixin.alertrules import (
     ALERTS_FILE,
     OPTIONS,

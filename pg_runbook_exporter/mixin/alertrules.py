@@ -16,7 +16,7 @@ from typing import Any, Literal, cast, get_args
 
 import yaml
 
-from pg_runbook_exporter.config import ConfigError
+from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.validation import Problems, UniqueKeyLoader
 
 ALERTS_FILE = Path(__file__).with_name("alerts.yaml")

@@ -31,39 +31,29 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import quote
 
-import psycopg
 from psycopg import sql
 
 from pg_runbook_exporter.pgserver.binaries import PgBinaries, find_binaries, find_client_tool
+from pg_runbook_exporter.pgserver.server import (
+    SUPERUSER,
+    PostgresServer,
+    ServerError,
+    ServerUser,
+    run_program,
+)
 
 logger = logging.getLogger(__name__)
 
-SUPERUSER = "postgres"
 FALLBACK_SERVER_USER = "pgrb-server"
 HOST = "127.0.0.1"
 ShutdownMode = Literal["smart", "fast", "immediate"]
 Setting = str | int | float | bool
 _CTL_TIMEOUT_S = 60
 _PORT_ATTEMPTS = 5
-
-
-class ServerError(RuntimeError):
-    """A PostgreSQL program failed; the message carries the tail of its output or log."""
-
-
-@dataclass(frozen=True)
-class ServerUser:
-    """The unprivileged account a root caller runs PostgreSQL programs as."""
-
-    name: str
-    uid: int
-    gid: int
 
 
 _user_lock = threading.Lock()
@@ -116,30 +106,6 @@ def _conf_value(value: Setting) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _run(args: list[str], *, cwd: Path, user: ServerUser | None, timeout: float = 300) -> str:
-    """Run a program (as ``user`` when given) in a session of its own; return its output.
-
-    A new session keeps a terminal's Ctrl-C away from the server, so cleanup decides its end.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["HOME"] = str(cwd)
-    as_user: dict[str, Any] = {}
-    if user is not None:
-        as_user = {"user": user.uid, "group": user.gid, "extra_groups": []}
-    with tempfile.TemporaryFile("w+") as out:
-        # A file, not a pipe: a server forked by pg_ctl must not hold our pipe open.
-        done = subprocess.run(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-            env=env, timeout=timeout, start_new_session=True, check=False, text=True, **as_user,
-        )  # fmt: skip
-        out.seek(0)
-        output = out.read()
-    if done.returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        raise ServerError(f"{Path(args[0]).name} exited {done.returncode}:\n{tail}")
-    return output
-
-
 _templates: dict[Path, Path] = {}
 _template_lock = threading.Lock()
 
@@ -152,7 +118,7 @@ def _template_data_dir(binaries: PgBinaries, user: ServerUser | None) -> Path:
         holder = _private_dir(f"pgrb-template-{binaries.major}-", user)
         atexit.register(shutil.rmtree, holder, ignore_errors=True)
         data = holder / "data"
-        _run(
+        run_program(
             [str(binaries.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER,
              "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
              "--locale=C", "--no-sync"],
@@ -169,21 +135,10 @@ def _private_dir(prefix: str, user: ServerUser | None, parent: Path | None = Non
     return path
 
 
-def run_sql(
-    conn: psycopg.Connection[Any],
-    statement: str | sql.SQL | sql.Composed,
-    params: Mapping[str, Any] | tuple[Any, ...] | None = None,
-) -> list[tuple[Any, ...]]:
-    """Run SQL (several statements when there are no params); the last statement's rows."""
-    with conn.cursor() as cur:
-        cur.execute(statement, params)
-        while cur.nextset():
-            pass
-        return cur.fetchall() if cur.description else []
-
-
-class ThrowawayServer:
+class ThrowawayServer(PostgresServer):
     """One disposable PostgreSQL server; see the module docstring."""
+
+    role = "primary"
 
     def __init__(
         self,
@@ -194,7 +149,6 @@ class ThrowawayServer:
         archive_mode: Literal["off", "on", "always"] = "off",
         archive_command: str = "test ! -f {archive_dir}/%f && cp %p {archive_dir}/%f",
         fetch: bool = True,
-        primary: ThrowawayServer | None = None,
         binaries: PgBinaries | None = None,
         parent: Path | None = None,
     ) -> None:
@@ -203,8 +157,6 @@ class ThrowawayServer:
         self.major = self.binaries.major
         self._parent = parent
         self._user = server_user()
-        self._primary = primary
-        self._replicas: list[ThrowawayServer] = []
         self._dir: Path | None = None
         self._running = False
         self.port = free_port()
@@ -221,8 +173,13 @@ class ThrowawayServer:
         }
 
     def __repr__(self) -> str:
-        role = "standby" if self._primary else "primary"
-        return f"<ThrowawayServer {self.binaries.version} {role} {HOST}:{self.port} {self._dir}>"
+        where = f"{HOST}:{self.port} {self._dir}"
+        return f"<ThrowawayServer {self.binaries.version} {self.role} {where}>"
+
+    @property
+    def settings(self) -> Mapping[str, Setting]:
+        """The configuration this server writes (``throwaway.conf``), before its own places."""
+        return dict(self._settings)
 
     @property
     def base_dir(self) -> Path:
@@ -264,7 +221,7 @@ class ThrowawayServer:
         self.cleanup()
 
     def start(self) -> None:
-        """Create the server on first call (initdb, or a base backup for a standby); start it."""
+        """Create the server on first call (its data dir, see `_init_data_dir`); start it."""
         if self._running:
             return
         first = self._dir is None
@@ -274,14 +231,8 @@ class ThrowawayServer:
                 self._create()
             self._start_postmaster(retry_port=first)
             self._running = True
-            if first and self._primary is None:
-                # Over the socket (trust) and as a verifier: the password never reaches SQL text.
-                verifier = scram_verifier(self.password)
-                self.execute(
-                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                        sql.Identifier(SUPERUSER), sql.Literal(verifier)
-                    )
-                )
+            if first:
+                self._created()
         except BaseException:
             # Also on Ctrl-C: `with` never calls __exit__ when __enter__ fails.
             if first:
@@ -308,22 +259,24 @@ class ThrowawayServer:
             sub.mkdir(mode=0o700)
             if self._user is not None:
                 os.chown(sub, self._user.uid, self._user.gid)
-        if self._primary is None:
-            template = _template_data_dir(self.binaries, self._user)
-            self._as_server(["cp", "-a", str(template), str(self.data_dir)])
-            with (self.data_dir / "postgresql.conf").open("a") as conf:
-                conf.write("\ninclude_if_exists = 'throwaway.conf'\n")
-            return
-        primary = self._primary
-        self.password = primary.password
-        basebackup = self.binaries.tool("pg_basebackup") or find_client_tool(
-            "pg_basebackup", min_major=self.major
+        self._init_data_dir()
+
+    def _init_data_dir(self) -> None:
+        """Fill ``data_dir``: a copy of the installation's initdb'd template."""
+        template = _template_data_dir(self.binaries, self._user)
+        self._as_server(["cp", "-a", str(template), str(self.data_dir)])
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\ninclude_if_exists = 'throwaway.conf'\n")
+
+    def _created(self) -> None:
+        """After the first start: the superuser's TCP password."""
+        # Over the socket (trust) and as a verifier: the password never reaches SQL text.
+        verifier = scram_verifier(self.password)
+        self.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(SUPERUSER), sql.Literal(verifier)
+            )
         )
-        self._as_server(
-            [str(basebackup), "-h", str(primary.socket_dir), "-p", str(primary.port),
-             "-U", SUPERUSER, "-D", str(self.data_dir), "-R", "-X", "stream",
-             "-c", "fast", "--no-sync"],
-        )  # fmt: skip
 
     def _write_conf(self) -> None:
         values = {
@@ -342,7 +295,7 @@ class ThrowawayServer:
             os.chown(conf, self._user.uid, self._user.gid)
 
     def _as_server(self, args: list[str], *, timeout: float = 300) -> str:
-        return _run(args, cwd=self.base_dir, user=self._user, timeout=timeout)
+        return run_program(args, cwd=self.base_dir, user=self._user, timeout=timeout)
 
     def _ctl(self, *args: str) -> str:
         return self._as_server(
@@ -357,10 +310,6 @@ class ThrowawayServer:
             self._ctl("stop", "-m", mode)
             self._running = False
 
-    def restart(self, mode: ShutdownMode = "fast") -> None:
-        self.stop(mode)
-        self.start()
-
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_file.read_text(errors="replace")
@@ -368,101 +317,48 @@ class ThrowawayServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def connect(self, *, dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
-        """A superuser autocommit connection over the private socket."""
-        return psycopg.connect(
-            host=str(self.socket_dir), port=self.port, user=SUPERUSER, dbname=dbname,
-            autocommit=True, connect_timeout=10,
-        )  # fmt: skip
+    # -- how the superuser gets in: the private socket (trust); TCP with the password ---------
 
-    def execute(
-        self,
-        statement: str | sql.SQL | sql.Composed,
-        params: Mapping[str, Any] | tuple[Any, ...] | None = None,
-        *,
-        dbname: str = "postgres",
-    ) -> list[tuple[Any, ...]]:
-        """Run SQL as the superuser; return the rows of the last statement (none: ``[]``).
+    def superuser_params(self) -> dict[str, Any]:
+        return {
+            "host": str(self.socket_dir),
+            "port": self.port,
+            "user": SUPERUSER,
+            "connect_timeout": 10,
+        }
 
-        Without params, a string may hold several statements (a schema file).
-        """
-        with self.connect(dbname=dbname) as conn:
-            return run_sql(conn, statement, params)
+    def tcp_address(self) -> tuple[str, int]:
+        return HOST, self.port
 
-    def psql(
-        self,
-        script: str | None = None,
-        *,
-        file: Path | None = None,
-        dbname: str = "postgres",
-        variables: Mapping[str, str] | None = None,
-    ) -> str:
-        """Run a script with psql (for meta-commands like ``\\set``); stop on the first error."""
-        psql = self.binaries.tool("psql") or find_client_tool("psql", min_major=self.major)
-        args = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
-                "-p", str(self.port), "-U", SUPERUSER, "-d", dbname]  # fmt: skip
-        for name, value in (variables or {}).items():
-            args += ["-v", f"{name}={value}"]
-        if file is not None:
-            args += ["-f", str(file)]
-        if script is not None:
-            args += ["-c", script]
-        # As the caller, who can read the script; the socket dir admits root and the owner.
-        return _run(args, cwd=self.base_dir, user=None)
+    def superuser_password(self) -> str | None:
+        return self.password
 
-    def dsn(
-        self, *, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
-    ) -> str:
-        """A ``postgresql://`` URL over TCP; the superuser's password is filled in for it."""
-        if password is None and user == SUPERUSER:
-            password = self.password
-        auth = quote(user, safe="")
-        if password is not None:
-            auth += ":" + quote(password, safe="")
-        return f"postgresql://{auth}@{HOST}:{self.port}/{quote(dbname, safe='')}"
+    def psql_program(self) -> Path:
+        return self.binaries.tool("psql") or find_client_tool("psql", min_major=self.major)
 
-    def create_database(self, name: str, *, template: str = "template1") -> str:
-        self.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-        return name
-
-    def start_replica(self, *, settings: Mapping[str, Setting] | None = None) -> ThrowawayServer:
-        """A started hot standby of this server (pg_basebackup -R); cleaned up with it."""
-        replica = ThrowawayServer(
-            major=self.major,
-            settings={**self._settings, **(settings or {})},
-            primary=self,
-        )
-        self._replicas.append(replica)
-        replica.start()
-        return replica
+    def work_dir(self) -> Path:
+        # psql runs as the caller, who can read the script; the socket dir admits root and owner.
+        return self.base_dir
 
     def cleanup(self) -> None:
-        """Kill the server (and its standbys) and delete its dir. Safe to call more than once."""
+        """Kill the server and delete its dir. Safe to call more than once."""
         atexit.unregister(self.cleanup)
         try:
-            for replica in self._replicas:
-                replica.cleanup()
+            # The pid file, not _running: a start that timed out may have left a server.
+            if self._dir is not None and (self.data_dir / "postmaster.pid").exists():
+                try:
+                    self._ctl("stop", "-m", "immediate")
+                except BaseException:
+                    self._kill_postmaster()
+                    raise
+        except Exception:
+            logger.warning("pg_ctl stop failed for %r; killed the postmaster", self)
         finally:
-            try:
-                # The pid file, not _running: a start that timed out may have left a server.
-                if self._dir is not None and (self.data_dir / "postmaster.pid").exists():
-                    try:
-                        self._ctl("stop", "-m", "immediate")
-                    except BaseException:
-                        self._kill_postmaster()
-                        raise
-            except Exception:
-                logger.warning("pg_ctl stop failed for %r; killed the postmaster", self)
-            finally:
-                self._running = False
-                if self._dir is not None:
-                    shutil.rmtree(self._dir, ignore_errors=True)
-                    logger.info("removed %s", self._dir)
-                    self._dir = None
+            self._running = False
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                logger.info("removed %s", self._dir)
+                self._dir = None
 
     def _kill_postmaster(self) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):

@@ -24,6 +24,8 @@ from typing import Any
 import bcrypt
 import yaml
 
+from pg_runbook_exporter.errors import WebConfigError
+
 logger = logging.getLogger(__name__)
 
 CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = {
@@ -84,14 +86,6 @@ _DURATION = re.compile(
     r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
 )
 _DURATION_UNITS = (365 * 86400.0, 7 * 86400.0, 86400.0, 3600.0, 60.0, 1.0, 0.001)
-
-
-class WebConfigError(ValueError):
-    """Every problem found in a web config file, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = tuple(problems)
 
 
 @dataclass(frozen=True)

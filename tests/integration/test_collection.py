@@ -12,14 +12,11 @@ from typing import Any
 
 import psycopg
 
-from pg_runbook_exporter.collector import RunbookCollector
 from pg_runbook_exporter.config import Config, SqlVariant
-from pg_runbook_exporter.database_url import parse_database_url
-from pg_runbook_exporter.scheduler import Scheduler
+from pg_runbook_exporter.errors import FailureReason
 from pg_runbook_exporter.session import APPLICATION_NAME
-from pg_runbook_exporter.state import ResultCache
 from tests.conftest import PortalDb
-from tests.support.collect import Scrape, serving, wait_for
+from tests.support.collect import Scrape, collect, pipeline_for, serving, wait_for
 from tests.support.unvetted import unvetted_config
 
 
@@ -63,7 +60,7 @@ checks:
 def test_a_scrape_is_served_while_a_check_is_still_running(portal_db: PortalDb) -> None:
     config = config_of(SLOW_AND_FAST)
     with serving(portal_db.monitor_dsn, config, connections=2) as exporter:
-        wait_for(lambda: exporter.cache.state("fast").success is True, what="the fast check")
+        wait_for(lambda: exporter.state("fast").success is True, what="the fast check")
 
         def slow_is_running() -> bool:
             return any(
@@ -92,7 +89,7 @@ checks:
     metrics: {pgrb_scrape_marker: {name: marker, type: gauge, help: Seven.}}
 """)
     with serving(portal_db.monitor_dsn, config) as exporter:
-        wait_for(lambda: exporter.cache.state("marker").success is True, what="the first run")
+        wait_for(lambda: exporter.state("marker").success is True, what="the first run")
         threads = [
             threading.Thread(target=lambda: [exporter.scrape() for _ in range(25)])
             for _ in range(8)
@@ -150,35 +147,33 @@ checks:
     metrics: {n: {name: flaky, type: gauge, help: Five.}}
 """)
     clock = FakeClock()
-    cache = ResultCache(config=config, clock=clock, wall_clock=lambda: 1_700_000_000.0)
-    cache.attach(RunbookCollector(cache))
-    scheduler = Scheduler(
-        config=config, target=parse_database_url(portal_db.monitor_dsn), cache=cache, clock=clock
+    pipeline = pipeline_for(
+        portal_db.monitor_dsn, config, clock=clock, wall_clock=lambda: 1_700_000_000.0
     )
 
-    def collect() -> Scrape:
-        scheduler.run_once()
-        return Scrape.parse(cache.exposition.text.decode())
+    def run_once() -> Scrape:
+        pipeline.scheduler.run_once()
+        return Scrape.parse(pipeline.renderer.exposition.text.decode())
 
     try:
-        assert collect().value("pgrb_flaky") == 5
+        assert run_once().value("pgrb_flaky") == 5
         portal_db.server.execute("DROP TABLE flaky", dbname=portal_db.name)
         clock.now += 10
-        failed = collect()
+        failed = run_once()
         assert failed.value("pgrb_check_success", check="flaky") == 0
         assert failed.value("pgrb_check_errors_total", check="flaky", reason="other") == 1
         assert failed.value("pgrb_flaky") == 5  # one timeout must not resolve an alert
         clock.now += 20  # 30 s after the last success: still within 3 intervals
-        assert collect().value("pgrb_flaky") == 5
+        assert run_once().value("pgrb_flaky") == 5
         clock.now += 0.5
-        gone = collect()
+        gone = run_once()
         assert gone.get("pgrb_flaky") is None
         assert gone.value("pgrb_check_last_success_timestamp_seconds", check="flaky") == (
             1_700_000_000.0
         )
         assert gone.value("pgrb_check_errors_total", check="flaky", reason="other") == 3
     finally:
-        scheduler.stop()
+        pipeline.scheduler.stop()
 
 
 def test_never_more_connections_than_configured_nor_two_runs_of_one_check(
@@ -199,7 +194,7 @@ def test_never_more_connections_than_configured_nor_two_runs_of_one_check(
     most = 0
     with serving(portal_db.monitor_dsn, config, connections=2) as exporter:
         wait_for(
-            lambda: all(exporter.cache.state(f"sleeper_{i}").success for i in range(6)),
+            lambda: all(exporter.state(f"sleeper_{i}").success for i in range(6)),
             what="every check to run",
         )
         for _ in range(100):
@@ -304,12 +299,23 @@ checks:
         "GRANT DELETE ON users TO pgrb_exporter",
         dbname=portal_db.name,
     )
-    cache = ResultCache(config=config)
-    cache.attach(RunbookCollector(cache))
-    scheduler = Scheduler(
-        config=config, target=parse_database_url(portal_db.monitor_dsn), cache=cache
-    )
-    scheduler.run_once()
-    scheduler.stop()
-    assert "read-only transaction" in (cache.state("writer").last_error or "")
+    error = collect(portal_db.monitor_dsn, config).state("writer").last_error
+    assert error is not None
+    assert "read-only transaction" in error.message
+    assert error.reason is FailureReason.OTHER
+    assert error.sqlstate == "25006"  # read_only_sql_transaction
     assert portal_db.server.execute("SELECT count(*) FROM users", dbname=portal_db.name) == [(1,)]
+
+
+def test_a_percent_escaped_as_double_percent_reaches_the_server_as_one(portal_db: PortalDb) -> None:
+    # No settings: the statement is still bound, so "%%" arrives as "%" (else LIKE matches none).
+    config = config_of("""
+checks:
+  percent:
+    help: Counts the words that start with a.
+    sql: |
+      SELECT count(*) AS n FROM (VALUES ('apple'), ('avocado'), ('pear')) w(s) WHERE s LIKE 'a%%'
+    metrics: {n: {name: a_words, type: gauge, help: Words starting with a.}}
+""")
+    assert config.settings == ()
+    assert collect(portal_db.monitor_dsn, config).scrape.value("pgrb_a_words") == 2

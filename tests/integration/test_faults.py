@@ -410,7 +410,7 @@ def test_on_a_hot_standby_primary_only_checks_skip_and_the_rest_work(
 ) -> None:
     primary = own_server()
     db = portal(primary)
-    replica = primary.start_replica()
+    replica = own_server(standby_of=primary)
     wait_for(
         lambda: (
             replica.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (db.name,))

@@ -16,9 +16,10 @@ import yaml
 from psycopg import sql
 
 from pg_runbook_exporter import sqlallow
-from pg_runbook_exporter.config import ConfigError, parse_config
+from pg_runbook_exporter.config import parse_config
 from pg_runbook_exporter.database_url import parse_database_url
-from pg_runbook_exporter.session import CheckError, Reason, Session
+from pg_runbook_exporter.errors import CheckError, ConfigError, FailureReason
+from pg_runbook_exporter.session import Session
 from tests.conftest import MONITOR_ROLE, PortalDb
 
 
@@ -89,7 +90,7 @@ def test_a_check_cannot_leave_its_session_without_statement_timeout(portal_db: P
         with pytest.raises(CheckError) as caught:
             run(session, "SELECT pg_sleep(2)::text", timeout=0.5)
         assert (caught.value.reason, str(caught.value)) == (
-            Reason.TIMEOUT,
+            FailureReason.TIMEOUT,
             "canceling statement due to statement timeout",
         )
 
@@ -157,7 +158,7 @@ def test_a_session_whose_settings_changed_under_it_is_dropped(portal_db: PortalD
         with pytest.raises(CheckError) as caught:
             session.ensure_facts(max_age=0)
         assert (caught.value.reason, str(caught.value)) == (
-            Reason.CONNECTION,
+            FailureReason.CONNECTION,
             "the session does not have the settings it was opened with: "
             "standard_conforming_strings is 'off', not 'on'",
         )

@@ -21,11 +21,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pg_runbook_exporter.cli import Common, build_pipeline
 from pg_runbook_exporter.config import Config, SqlVariant, parse_config
-from pg_runbook_exporter.database_url import parse_database_url
 from pg_runbook_exporter.pgserver.throwaway import free_port, scram_verifier
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, REPO, PortalDb
+from tests.support.collect import collect
 
 # --- if vetting were bypassed: the database refuses --------------------------------------------
 # (Vetting itself: tests/unit/test_sqlvet.py.)
@@ -122,19 +121,13 @@ def app_session(db: PortalDb) -> Iterator[psycopg.Connection[tuple[object, ...]]
 
 def refusals_of(db: PortalDb, checks: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
     """Run ``checks`` once, in order, on one session; (reason, message) of each failed one."""
-    cache, scheduler = build_pipeline(
-        Common(config=unvetted(checks), target=parse_database_url(db.monitor_dsn), connections=1)
-    )
-    try:
-        scheduler.run_once()
-    finally:
-        scheduler.stop()
+    collected = collect(db.monitor_dsn, unvetted(checks))
     refusals = {}
     for name, _ in checks:
-        state = cache.state(name)
+        state = collected.state(name)
         if not state.success:
-            reason, _, message = (state.last_error or "").partition(": ")
-            refusals[name] = (reason, message)
+            error = state.last_error
+            refusals[name] = (str(error.reason), error.message) if error else ("", "")
     return refusals
 
 

@@ -159,7 +159,7 @@ def test_hot_standby_replays_what_the_primary_writes(
     own_server: Callable[..., ThrowawayServer],
 ) -> None:
     primary = own_server()
-    standby = primary.start_replica()
+    standby = own_server(standby_of=primary)
     primary.execute("CREATE TABLE replicated AS SELECT generate_series(1, 5) AS n")
     (lsn,) = primary.execute("SELECT pg_current_wal_lsn()::text")[0]
 

@@ -15,11 +15,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from psycopg import sql
 
-from pg_runbook_exporter.cli import Common, build_pipeline
 from pg_runbook_exporter.config import Config, parse_config
-from pg_runbook_exporter.database_url import parse_database_url
+from pg_runbook_exporter.errors import CheckError, FailureReason
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, PortalDb
-from tests.support.collect import Scrape
+from tests.support.collect import Scrape, collect
 
 # The OpenMetrics parser carries no annotations; this binding gives it a type.
 parse_openmetrics: Callable[[str], Iterator[Metric]] = (
@@ -117,16 +116,10 @@ checks:
     )
 
 
-def collect(dsn: str, config: Config) -> tuple[Scrape, bytes]:
+def collect_both(dsn: str, config: Config) -> tuple[Scrape, bytes]:
     """One collection: the parsed text exposition and the OpenMetrics body."""
-    cache, scheduler = build_pipeline(
-        Common(config=config, target=parse_database_url(dsn), connections=1)
-    )
-    try:
-        scheduler.run_once()
-    finally:
-        scheduler.stop()
-    return Scrape.parse(cache.exposition.text.decode()), cache.exposition.openmetrics
+    collected = collect(dsn, config)
+    return collected.scrape, collected.openmetrics
 
 
 def assert_promtool_accepts(text: str) -> None:
@@ -155,7 +148,7 @@ def sql_ascii_db(portal_db: PortalDb) -> Iterator[str]:
 
 
 def test_every_kind_of_value_is_exported_as_its_number(portal_db: PortalDb) -> None:
-    scrape, openmetrics = collect(portal_db.monitor_dsn, parse_config(VALUES, source="v.yaml"))
+    scrape, openmetrics = collect_both(portal_db.monitor_dsn, parse_config(VALUES, source="v.yaml"))
     assert scrape.value("pgrb_check_success", check="values") == 1
     lines = scrape.text.splitlines()
     for line in EXPECTED_LINES:
@@ -167,7 +160,7 @@ def test_every_kind_of_value_is_exported_as_its_number(portal_db: PortalDb) -> N
 
 
 def test_label_values_are_escaped_and_non_utf8_bytes_replaced(sql_ascii_db: str) -> None:
-    scrape, openmetrics = collect(sql_ascii_db, labels_config())
+    scrape, openmetrics = collect_both(sql_ascii_db, labels_config())
     assert scrape.value("pgrb_check_success", check="labels") == 1
     exported = {
         dict(labels)["case"]: (dict(labels)["value"], value)
@@ -221,16 +214,10 @@ WRONG_SHAPE_ERRORS = {
 
 def test_results_of_the_wrong_shape_fail_their_check_only(portal_db: PortalDb) -> None:
     config = parse_config(WRONG_SHAPES, source="shapes.yaml")
-    cache, scheduler = build_pipeline(
-        Common(config=config, target=parse_database_url(portal_db.monitor_dsn), connections=1)
-    )
-    try:
-        scheduler.run_once()
-    finally:
-        scheduler.stop()
+    collected = collect(portal_db.monitor_dsn, config)
     for name, message in WRONG_SHAPE_ERRORS.items():
-        assert cache.state(name).last_error == f"invalid_result: {message}"
-    scrape = Scrape.parse(cache.exposition.text.decode())
+        assert collected.state(name).last_error == CheckError(FailureReason.INVALID_RESULT, message)
+    scrape = collected.scrape
     for name in WRONG_SHAPE_ERRORS:
         assert scrape.value("pgrb_check_errors_total", check=name, reason="invalid_result") == 1
         assert scrape.value("pgrb_check_success", check=name) == 0

@@ -281,13 +281,12 @@ def _is_zombie(pid: int) -> bool:
 def test_the_serving_path_never_loads_the_verification() -> None:
     probe = (
         "import sys\n"
+        "import pg_runbook_exporter.cli\n"
+        "from pg_runbook_exporter import app\n"
         "from pg_runbook_exporter.backup.sources import BackupOptions\n"
-        "from pg_runbook_exporter.cli import Common, build_pipeline\n"
-        "from pg_runbook_exporter.config import load_config\n"
-        "from pg_runbook_exporter.database_url import parse_database_url\n"
-        "common = Common(config=load_config(), target=parse_database_url('postgresql://u@127.0.0.1/db'),\n"
-        "                connections=1, backups=BackupOptions(directory=None))\n"
-        "build_pipeline(common)\n"
+        "setup = app.prepare(app.CollectionOptions(url='postgresql://u@127.0.0.1/db',\n"
+        "                                          backups=BackupOptions(directory=None)))\n"
+        "app.build_pipeline(setup.config, setup.target, backups=setup.backups)\n"
         "print(sorted(m for m in sys.modules if m.startswith('pg_runbook_exporter.backup')))\n"
     )
     done = subprocess.run(

@@ -17,14 +17,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge
 
+from pg_runbook_exporter.errors import WebConfigError
 from pg_runbook_exporter.exposition import Exposition, render
 from pg_runbook_exporter.web.server import WebServer
-from pg_runbook_exporter.web.webconfig import (
-    BasicAuthenticator,
-    WebConfig,
-    WebConfigError,
-    load_web_config,
-)
+from pg_runbook_exporter.web.webconfig import BasicAuthenticator, WebConfig, load_web_config
 
 PASSWORD = "correct horse battery staple"
 

@@ -1,4 +1,4 @@
-"""Run the real pipeline (scheduler → cache → collector → exposition) in-process for tests."""
+"""Run the real pipeline (scheduler → cache → renderer → exposition) in-process for tests."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pg_runbook_exporter import app
 from pg_runbook_exporter.backup.sources import BackupOptions
-from pg_runbook_exporter.cli import Common, build_pipeline
 from pg_runbook_exporter.config import Check, Config, Setting, load_config
 from pg_runbook_exporter.database_url import parse_database_url
 from pg_runbook_exporter.scheduler import Scheduler
-from pg_runbook_exporter.state import ResultCache
-from pg_runbook_exporter.web.server import WebServer
+from pg_runbook_exporter.state import CheckState, ResultCache
 
 LabelSet = frozenset[tuple[str, str]]
 # The checks that read backup files, not the database: skipped without --backup.dir.
@@ -82,6 +81,51 @@ def configured(
     return dataclasses.replace(config, checks=checks, settings=new_settings)
 
 
+def state_of(cache: ResultCache, name: str) -> CheckState:
+    """The current state of the check ``name``, read from a snapshot."""
+    found = [s for s in cache.snapshot().states if s.check.name == name]
+    assert len(found) == 1, f"{len(found)} checks named {name}"
+    return found[0]
+
+
+def pipeline_for(dsn: str, config: Config, **options: Any) -> app.Pipeline:
+    """The pipeline ``run`` builds, against ``dsn`` (``options``: see ``app.build_pipeline``)."""
+    return app.build_pipeline(config, parse_database_url(dsn), **options)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """One run of every check: the pipeline's cache and what it would serve."""
+
+    cache: ResultCache
+    scrape: Scrape
+    openmetrics: bytes
+
+    def state(self, name: str) -> CheckState:
+        return state_of(self.cache, name)
+
+
+def collect(
+    dsn: str,
+    config: Config | None = None,
+    *,
+    connections: int = 1,
+    backups: BackupOptions | None = None,
+) -> Collected:
+    """Run every check of ``config`` once, in order, on one session against ``dsn``."""
+    pipeline = pipeline_for(dsn, config or load_config(), connections=connections, backups=backups)
+    try:
+        pipeline.scheduler.run_once()
+    finally:
+        pipeline.scheduler.stop()
+    exposition = pipeline.renderer.exposition
+    return Collected(
+        cache=pipeline.cache,
+        scrape=Scrape.parse(exposition.text.decode()),
+        openmetrics=exposition.openmetrics,
+    )
+
+
 def collect_once(
     dsn: str,
     config: Config | None = None,
@@ -90,18 +134,7 @@ def collect_once(
     backups: BackupOptions | None = None,
 ) -> Scrape:
     """Run every check of ``config`` once against ``dsn`` and parse what would be served."""
-    common = Common(
-        config=config or load_config(),
-        target=parse_database_url(dsn),
-        connections=connections,
-        backups=backups or BackupOptions(),
-    )
-    cache, scheduler = build_pipeline(common)
-    try:
-        scheduler.run_once()
-    finally:
-        scheduler.stop()
-    return Scrape.parse(cache.exposition.text.decode())
+    return collect(dsn, config, connections=connections, backups=backups).scrape
 
 
 @dataclass(frozen=True)
@@ -112,6 +145,9 @@ class Serving:
     scheduler: Scheduler
     port: int
 
+    def state(self, name: str) -> CheckState:
+        return state_of(self.cache, name)
+
     def scrape(self, *, timeout: float = 5.0) -> Scrape:
         url = f"http://127.0.0.1:{self.port}/metrics"
         with urllib.request.urlopen(url, timeout=timeout) as reply:
@@ -121,18 +157,9 @@ class Serving:
 
 @contextlib.contextmanager
 def serving(dsn: str, config: Config, *, connections: int = 1) -> Iterator[Serving]:
-    common = Common(config=config, target=parse_database_url(dsn), connections=connections)
-    cache, scheduler = build_pipeline(common)
-    server = WebServer(
-        listen_address="127.0.0.1:0", get_exposition=lambda: cache.exposition, ready=cache.ready
-    )
-    port = server.start()
-    scheduler.start()
-    try:
-        yield Serving(cache=cache, scheduler=scheduler, port=port)
-    finally:
-        server.stop()
-        scheduler.stop()
+    setup = app.Setup(config=config, target=parse_database_url(dsn), connections=connections)
+    with app.running(setup, app.WebOptions(listen_address="127.0.0.1:0")) as up:
+        yield Serving(cache=up.pipeline.cache, scheduler=up.pipeline.scheduler, port=up.port)
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "it") -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pg_runbook_exporter.config import ConfigError, load_config
+from pg_runbook_exporter.config import load_config
+from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.mixin import alertgen, alertrules
 from pg_runbook_exporter.mixin.options import MixinOptions
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pg_runbook_exporter.config import ConfigError, load_config, parse_config
+from pg_runbook_exporter.config import load_config, parse_config
+from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.validation import parse_duration
 
 GOOD = """
@@ -170,6 +171,38 @@ def test_unknown_sql_parameters_and_stray_percent_signs_are_rejected() -> None:
     assert problems == [
         "q.yaml: checks.a.sql: %(nope)s names no setting (settings: )",
         "q.yaml: checks.a.sql: a literal % must be written %% (settings are bound as %(name)s)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "condition", ["x LIKE 'a%%'", "x LIKE '%%a%%'", "x LIKE '100%%%%'", "y %% 2 = 0"]
+)
+def test_a_literal_percent_written_as_the_error_message_asks_is_accepted(condition: str) -> None:
+    # Fails when the second % of an escaped %% is taken for a stray one.
+    config = parse_config(
+        textwrap.dedent(f"""
+        checks:
+          a:
+            help: A.
+            sql: "SELECT count(*) AS n FROM users WHERE {condition}"
+            metrics: {{n: {{name: rows, type: gauge, help: x}}}}
+        """),
+        source="q.yaml",
+    )
+    assert config.checks[0].sql_for(17) == f"SELECT count(*) AS n FROM users WHERE {condition}"
+
+
+@pytest.mark.parametrize("condition", ["x LIKE 'a%%%'", "x LIKE '%a'", "x LIKE 'a%(n)'"])
+def test_an_odd_percent_is_still_refused(condition: str) -> None:
+    problems = problems_of(f"""
+        checks:
+          a:
+            help: A.
+            sql: "SELECT count(*) AS n FROM users WHERE {condition}"
+            metrics: {{n: {{name: rows, type: gauge, help: x}}}}
+        """)
+    assert problems == [
+        "q.yaml: checks.a.sql: a literal % must be written %% (settings are bound as %(name)s)"
     ]
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import psycopg.conninfo
 import pytest
 
-from pg_runbook_exporter.database_url import DatabaseUrlError, parse_database_url, redact
+from pg_runbook_exporter.app import CollectionOptions, database_target
+from pg_runbook_exporter.database_url import parse_database_url, redact
+from pg_runbook_exporter.errors import DatabaseUrlError
 
 PRISMA_URL = (
     "postgresql://monitor:s3cr%40t@db.internal:5432/portal"
@@ -88,11 +90,68 @@ def test_a_libpq_keyword_string_is_accepted() -> None:
 def test_the_urls_password_wins_over_pgpassword_which_is_still_redacted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pg_runbook_exporter.cli import _database_target  # noqa: PLC0415
-
     monkeypatch.setenv("PGPASSWORD", "from-env")
-    target = _database_target("postgresql://m:from-url@h/db", None, None)
+    target, _ = database_target(CollectionOptions(url="postgresql://m:from-url@h/db"))
     assert psycopg.conninfo.conninfo_to_dict(target.conninfo)["password"] == "from-url"
     assert {"from-url", "from-env"} <= set(target.secrets)
-    bare = _database_target("postgresql://m@h/db", None, None)
+    bare, _ = database_target(CollectionOptions(url="postgresql://m@h/db"))
     assert "password" not in psycopg.conninfo.conninfo_to_dict(bare.conninfo)  # libpq reads it
+
+
+def test_query_parameters_reach_libpq_as_written_spaces_and_pluses_included() -> None:
+    # Fails when the query is re-encoded with "+" for a space: libpq reads that "+" literally.
+    target = parse_database_url(
+        "postgresql://m@h/db?password=two%20words%2B1&options=-c%20statement_timeout%3D5s"
+        "&application_name=a+b&schema=portal"
+    )
+    params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
+    assert params["password"] == "two words+1"
+    assert params["options"] == "-c statement_timeout=5s"
+    assert params["application_name"] == "a+b"  # libpq decodes %XX only, as here
+    assert "schema" not in params
+
+
+def test_a_password_in_the_query_is_a_known_secret() -> None:
+    target = parse_database_url("postgresql://m@h/db?password=Qu3ry-secret")
+    assert "Qu3ry-secret" in target.secrets
+    assert target.password_in_url
+
+
+@pytest.mark.parametrize(
+    ("url", "embedded"),
+    [
+        ("postgresql://m:pw-in-url@h/db", True),
+        ("postgresql://m@h/db?password=pw-in-query", True),
+        ("host=h user=m password=pw-in-keywords", True),
+        ("postgresql://m@h/db", False),
+        ("host=h user=m", False),
+    ],
+)
+def test_a_password_carried_by_the_url_itself_is_noticed(url: str, embedded: bool) -> None:
+    assert parse_database_url(url).password_in_url is embedded
+    assert parse_database_url(url, password="from-a-file").password_in_url is embedded
+
+
+@pytest.mark.parametrize(
+    ("text", "secret_parts"),
+    [
+        ("host=h password=Secret part99 user=m", ("Secret", "part99")),
+        ("host=h password=Secret99 user", ("Secret99",)),
+        ("host=h password='Secret99", ("Secret99",)),
+        ("postgresql://m@h/db?password=Amp3rsand&Rest99=1", ("Amp3rsand", "Rest99")),
+    ],
+)
+def test_parameters_that_do_not_parse_show_no_part_of_the_password(
+    text: str, secret_parts: tuple[str, ...]
+) -> None:
+    # Fails when libpq's message is passed on: it quotes the text after the password.
+    with pytest.raises(DatabaseUrlError) as caught:
+        parse_database_url(text)
+    message = str(caught.value)
+    assert [part for part in secret_parts if part in message] == []
+    assert "password parameter is one value" in message
+
+
+def test_a_bad_keyword_without_a_password_is_named() -> None:
+    with pytest.raises(DatabaseUrlError, match='invalid connection option "sslmod"'):
+        parse_database_url("host=h sslmod=require")

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from pg_runbook_exporter import sqlallow
-from pg_runbook_exporter.config import ConfigError, load_config, parse_config
+from pg_runbook_exporter.config import load_config, parse_config
+from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.pgserver.throwaway import free_port
 from pg_runbook_exporter.sqlvet import vet
 from tests.conftest import PORTAL_SCHEMA, REPO
