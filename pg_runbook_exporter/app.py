@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +24,7 @@ import psycopg.conninfo
 from prometheus_client import ProcessCollector
 
 from pg_runbook_exporter import __version__
+from pg_runbook_exporter.backup.sources import BackupOptions, FileReader
 from pg_runbook_exporter.collector import Renderer
 from pg_runbook_exporter.config import Config, load_config
 from pg_runbook_exporter.database_url import DatabaseTarget, parse_database_url
@@ -49,6 +50,7 @@ class CollectionOptions:
     password_file: Path | None = None
     connections: int = 1
     url_on_command_line: bool = False  # ``--database.url`` was a flag, not the environment
+    backups: BackupOptions = field(default_factory=BackupOptions)  # the ``--backup.*`` flags
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Setup:
     target: DatabaseTarget
     connections: int = 1
     warnings: tuple[str, ...] = ()
+    backups: BackupOptions = field(default_factory=BackupOptions)
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -123,7 +126,17 @@ def prepare(options: CollectionOptions) -> Setup:
     """Load the config and resolve the database target; raises ``ExporterError``."""
     config = load_config(options.config)
     target, warnings = database_target(options)
-    return Setup(config=config, target=target, connections=options.connections, warnings=warnings)
+    try:
+        options.backups.compiled()
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    return Setup(
+        config=config,
+        target=target,
+        connections=options.connections,
+        warnings=warnings,
+        backups=options.backups,
+    )
 
 
 # -- the pipeline ---------------------------------------------------------------------------
@@ -146,6 +159,7 @@ def build_pipeline(
     process_metrics: bool = True,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    backups: BackupOptions | None = None,
 ) -> Pipeline:
     cache = ResultCache(config=config, clock=clock, wall_clock=wall_clock)
     renderer = Renderer(*([ProcessCollector(registry=None)] if process_metrics else []))
@@ -156,6 +170,7 @@ def build_pipeline(
         publish=renderer.publish,
         connections=connections,
         clock=clock,
+        files=FileReader(backups or BackupOptions(), config.sql_params()),
     )
     return Pipeline(cache=cache, renderer=renderer, scheduler=scheduler)
 
@@ -172,7 +187,9 @@ def running(
     setup: Setup, web: WebOptions, *, web_config: WebConfig | None = None
 ) -> Iterator[Running]:
     """The pipeline collecting and the web server serving it, until the block ends."""
-    pipeline = build_pipeline(setup.config, setup.target, connections=setup.connections)
+    pipeline = build_pipeline(
+        setup.config, setup.target, connections=setup.connections, backups=setup.backups
+    )
     try:
         server = WebServer(
             listen_address=web.listen_address,
@@ -288,7 +305,11 @@ def role_of(target: DatabaseTarget) -> str | None:
 def run_check(setup: Setup) -> list[Line]:
     """Run every check once on one session; a report line per check, with the fixes it needs."""
     pipeline = build_pipeline(
-        setup.config, setup.target, connections=setup.connections, process_metrics=False
+        setup.config,
+        setup.target,
+        connections=setup.connections,
+        process_metrics=False,
+        backups=setup.backups,
     )
     try:
         pipeline.scheduler.run_once()

@@ -21,6 +21,8 @@ import click
 from click.core import ParameterSource
 
 from pg_runbook_exporter import __version__, app
+from pg_runbook_exporter.backup.files import DEFAULT_PATTERN
+from pg_runbook_exporter.backup.sources import BackupOptions
 from pg_runbook_exporter.config import load_config
 from pg_runbook_exporter.errors import (
     ConfigError,
@@ -88,6 +90,41 @@ _config_option = click.option(
 )
 
 
+_BACKUP_OPTIONS = (
+    click.option(
+        "--backup.dir",
+        "backup_dir",
+        envvar="PGRB_BACKUP_DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Directory of the full pg_dump backups to watch (the backup checks skip without it).",
+    ),
+    click.option(
+        "--backup.pattern",
+        "backup_pattern",
+        envvar="PGRB_BACKUP_PATTERN",
+        default=DEFAULT_PATTERN,
+        show_default=True,
+        help="Regular expression of a full backup's file name; its group `time` is "
+        "YYYYMMDD_HHMMSS (else the mtime is the backup's time).",
+    ),
+    click.option(
+        "--backup.time-zone",
+        "backup_time_zone",
+        envvar="PGRB_BACKUP_TIME_ZONE",
+        default="UTC",
+        show_default=True,
+        help="Time zone of the times in backup file names (IANA name).",
+    ),
+    click.option(
+        "--backup.state-dir",
+        "backup_state_dir",
+        envvar="PGRB_BACKUP_STATE_DIR",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where verify-backup writes its records (default: --backup.dir).",
+    ),
+)
+
+
 def _collection_options(func: F) -> F:
     decorators = [
         _config_option,
@@ -123,6 +160,7 @@ def _collection_options(func: F) -> F:
             help="Connections the exporter may open, one per collection worker (the role's "
             "CONNECTION LIMIT, 5 in pg_runbook_exporter/sql/monitoring-role.sql, must allow them).",
         ),
+        *_BACKUP_OPTIONS,
         _log_level_option,
         click.option(
             "--log.format",
@@ -147,6 +185,12 @@ def _parse_collection(options: dict[str, Any]) -> tuple[app.CollectionOptions, L
         password_file=options["database_password_file"],
         connections=options["connections"],
         url_on_command_line=source is ParameterSource.COMMANDLINE,
+        backups=BackupOptions(
+            directory=options["backup_dir"],
+            pattern=options["backup_pattern"],
+            time_zone=options["backup_time_zone"],
+            state_dir=options["backup_state_dir"],
+        ),
     )
     return collection, LogOptions(level=options["log_level"], format=options["log_format"])
 
@@ -378,3 +422,48 @@ def generate(
         sys.exit(EXIT_FAILED if drifted else 0)
     for path in written:
         click.echo(f"wrote {path}")
+
+
+@main.command("verify-backup")
+@click.argument("backup", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_config_option
+@click.option(
+    "--work-dir",
+    "work_dir",
+    envvar="PGRB_WORK_DIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Where the private (0700) directory of the restored copy goes (default: $TMPDIR).",
+)
+@click.option(
+    "--backup.state-dir",
+    "state_dir",
+    envvar="PGRB_BACKUP_STATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the verification record goes (default: beside the backup).",
+)
+@click.option(
+    "--pg.bindir",
+    "bindir",
+    envvar="PGRB_PG_BINDIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="PostgreSQL programs to use instead of the installed ones (psql, pg_restore, server).",
+)
+@click.option("--timeout", default="1h", show_default=True, help="Give up (and fail) after this.")
+@click.option(
+    "--database.url",
+    "database_url",
+    envvar="PGRB_DATABASE_URL",
+    help="Also compare the row counts with this live database (read-only, bounded).",
+)
+@click.option(
+    "--database.password-file",
+    "database_password_file",
+    envvar="PGRB_DATABASE_PASSWORD_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@_log_level_option
+def verify_backup(**options: Any) -> None:
+    """Restore BACKUP into a throwaway server, run the integrity checks, write a record."""
+    from pg_runbook_exporter.backup import command  # noqa: PLC0415
+
+    sys.exit(command.run(**options))

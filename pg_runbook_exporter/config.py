@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from pg_runbook_exporter import selfmetrics
+from pg_runbook_exporter.backup.sources import SOURCES
 from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.sqlvet import vet
 from pg_runbook_exporter.validation import Problems, UniqueKeyLoader
@@ -74,6 +75,7 @@ class Check:
     variants: tuple[SqlVariant, ...]
     labels: tuple[str, ...]
     metrics: tuple[Metric, ...]
+    source: str | None = None  # reads files (backup/sources.py) instead of running SQL
 
     def sql_for(self, major: int) -> str | None:
         """The SQL to run on this PostgreSQL major, or None when no variant covers it."""
@@ -320,6 +322,29 @@ def _load_metrics(raw: object, path: str, namespace: str, problems: Problems) ->
     return tuple(metrics)
 
 
+def _load_statement(
+    data: dict[str, Any], path: str, settings: set[str], problems: Problems
+) -> tuple[str | None, tuple[SqlVariant, ...]]:
+    """A check's SQL variants, or its ``source`` (a reader of backup/sources.py)."""
+    if "source" not in data:
+        variants = _load_variants(data.get("sql"), f"{path}.sql", problems)
+        _check_placeholders(variants, f"{path}.sql", settings, problems)
+        _vet_sql(variants, f"{path}.sql", problems)
+        return None, variants
+    source = data["source"]
+    if source not in SOURCES:
+        problems.add(f"{path}.source", f"expected one of: {', '.join(SOURCES)}, got {source!r}")
+        return None, ()
+    if "sql" in data:
+        problems.add(f"{path}.sql", "a check reads either SQL or a source, not both")
+    columns = SOURCES[source]
+    named = [*(data.get("labels") or []), *(data.get("metrics") or {})]
+    for column in named:
+        if column not in columns:
+            problems.add(f"{path}", f"source {source} returns no column {column!r}")
+    return str(source), ()
+
+
 def _load_check(
     name: str,
     raw: object,
@@ -343,13 +368,15 @@ def _load_check(
         "sql",
         "labels",
         "metrics",
+        "source",
     }
-    data = problems.mapping(raw, path, allowed, {"help", "sql", "metrics"})
+    reads_files = isinstance(raw, dict) and "source" in raw
+    data = problems.mapping(
+        raw, path, allowed, {"help", "metrics", "source" if reads_files else "sql"}
+    )
     if not data:
         return None
-    variants = _load_variants(data.get("sql"), f"{path}.sql", problems)
-    _check_placeholders(variants, f"{path}.sql", settings, problems)
-    _vet_sql(variants, f"{path}.sql", problems)
+    source, variants = _load_statement(data, path, settings, problems)
     labels = data.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         problems.add(f"{path}.labels", "expected a list of column names")
@@ -396,6 +423,7 @@ def _load_check(
         variants=variants,
         labels=tuple(labels),
         metrics=metrics,
+        source=source,
     )
 
 

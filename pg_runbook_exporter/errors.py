@@ -30,6 +30,7 @@ class SkipReason(StrEnum):
     EXTENSION = "extension"
     RELATION = "relation"
     SETTING = "setting"
+    UNCONFIGURED = "unconfigured"  # a check that reads backup files, without --backup.dir
 
 
 class ExporterError(Exception):

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from pg_runbook_exporter.backup.sources import FileReader
 from pg_runbook_exporter.config import Check, Config
 from pg_runbook_exporter.database_url import DatabaseTarget
 from pg_runbook_exporter.errors import CheckError, FailureReason, SkipReason
@@ -56,6 +57,7 @@ class Scheduler:
         facts_interval: float = 15.0,
         max_backoff: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        files: FileReader | None = None,
     ) -> None:
         if connections < 1:
             raise ValueError("at least one connection is needed")
@@ -65,11 +67,13 @@ class Scheduler:
         self._facts_interval = facts_interval
         self._clock = clock
         self._params = config.sql_params()
+        # Checks that read files run on a thread of their own, never waiting on the database.
+        self._files = files
         relations = sorted({r for c in config.checks for r in c.requires.relations})
         settings = sorted({n for c in config.checks for n, _ in c.requires.settings})
         # Reconnection never waits longer than half the shortest interval, so once the database
         # is back every check succeeds again at its next run at the latest.
-        shortest = min((c.interval for c in config.checks), default=max_backoff)
+        shortest = min((c.interval for c in config.checks if c.source is None), default=max_backoff)
         max_backoff = min(max_backoff, shortest / 2)
         self._sessions = [
             Session(
@@ -82,6 +86,7 @@ class Scheduler:
             for i in range(connections)
         ]
         self._queue: list[tuple[float, int, Check]] = []
+        self._files_queue: list[tuple[float, int, Check]] = []
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
@@ -89,7 +94,8 @@ class Scheduler:
         self._crashed: set[str] = set()
         start = clock()
         for check in config.checks:
-            heapq.heappush(self._queue, (start, next(self._order), check))
+            queue = self._files_queue if check.source is not None else self._queue
+            heapq.heappush(queue, (start, next(self._order), check))
 
     def publish(self) -> None:
         """Hand the cache's current snapshot to whoever renders it."""
@@ -103,6 +109,9 @@ class Scheduler:
             )
             thread.start()
             self._threads.append(thread)
+        if self._files_queue:
+            thread = threading.Thread(target=self._work_files, name="files", daemon=True)
+            thread.start()  # not in _threads: it holds no session
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -121,33 +130,42 @@ class Scheduler:
         """Run every check once on the first session, in order (the ``check`` command)."""
         session = self._sessions[0]
         for check in self._config.checks:
-            self._run(session, check)
+            if check.source is None:
+                self._run(session, check)
+            else:
+                self._run_source(check)
         self.publish()
 
-    def _next(self) -> Check | None:
+    def _next(self, queue: list[tuple[float, int, Check]]) -> Check | None:
         with self._cond:
             while not self._stopping:
-                if self._queue:
-                    due = self._queue[0][0]
+                if queue:
+                    due = queue[0][0]
                     wait = due - self._clock()
                     if wait <= 0:
-                        return heapq.heappop(self._queue)[2]
+                        return heapq.heappop(queue)[2]
                 else:
                     wait = None
                 self._cond.wait(wait)
             return None
 
-    def _requeue(self, check: Check, started: float) -> None:
+    def _requeue(self, queue: list[tuple[float, int, Check]], check: Check, started: float) -> None:
         with self._cond:
             due = max(started + check.interval, self._clock())
-            heapq.heappush(self._queue, (due, next(self._order), check))
-            self._cond.notify()
+            heapq.heappush(queue, (due, next(self._order), check))
+            self._cond.notify_all()
 
     def _work(self, session: Session) -> None:
-        while (check := self._next()) is not None:
+        self._loop(self._queue, lambda check: self._run(session, check))
+
+    def _work_files(self) -> None:
+        self._loop(self._files_queue, self._run_source)
+
+    def _loop(self, queue: list[tuple[float, int, Check]], run: Callable[[Check], None]) -> None:
+        while (check := self._next(queue)) is not None:
             started = self._clock()
             try:
-                self._run(session, check)
+                run(check)
                 self.publish()
             except Exception:  # a bug must not kill collection, nor log a traceback every run
                 first = check.name not in self._crashed
@@ -159,7 +177,7 @@ class Scheduler:
                     exc_info=first,
                 )
             finally:
-                self._requeue(check, started)
+                self._requeue(queue, check, started)
 
     def _run(self, session: Session, check: Check) -> None:
         started = self._clock()
@@ -189,6 +207,23 @@ class Scheduler:
         except CheckError as error:
             if error.reason is FailureReason.CONNECTION:
                 self._cache.set_up(False)
+            self._cache.record_failure(check.name, error, self._clock() - started)
+            return
+        self._cache.record_success(check.name, samples, self._clock() - started)
+
+    def _run_source(self, check: Check) -> None:
+        """A check that reads files (``source``): no session, no server facts."""
+        assert check.source is not None
+        if self._files is None or not self._files.configured:
+            self._cache.record_skip(check.name, SkipReason.UNCONFIGURED)
+            return
+        started = self._clock()
+        try:
+            result = self._files.read(
+                check.source, timeout=check.timeout, max_rows=check.max_series
+            )
+            samples = build_samples(check, result)
+        except CheckError as error:
             self._cache.record_failure(check.name, error, self._clock() - started)
             return
         self._cache.record_success(check.name, samples, self._clock() - started)

@@ -30,7 +30,8 @@ CHECK_SKIPPED = SelfMetric(
     "check_skipped",
     "gauge",
     ("check", "reason"),
-    "1 while the check cannot run here (reason: version, standby, extension or relation).",
+    "1 while the check cannot run here (reason: version, standby, extension, relation, or "
+    "unconfigured: a backup check without --backup.dir).",
 )
 CHECK_DURATION = SelfMetric(
     "check_duration_seconds", "gauge", ("check",), "Wall time of the check's last run."

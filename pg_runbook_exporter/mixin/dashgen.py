@@ -13,6 +13,7 @@ import json
 import yaml
 
 from pg_runbook_exporter.config import Config
+from pg_runbook_exporter.mixin.dashbackups import backups_board, front_tiles
 from pg_runbook_exporter.mixin.dashdetail import (
     ARCHIVING_OFF,
     CHECKSUMS_OFF,
@@ -248,6 +249,7 @@ def _integrity(m: Metrics) -> tuple[Panel, ...]:
                    "cannot detect them.",
               runbook='"Corruption Detected"',
               alerts=("PostgresChecksumFailures", CHECKSUMS_OFF)),
+        *front_tiles(m),
     )  # fmt: skip
 
 
@@ -327,7 +329,12 @@ def health_board(m: Metrics) -> Board:
 
 def boards(config: Config, options: MixinOptions = DEFAULTS) -> tuple[Board, ...]:
     metrics = Metrics(config, options.matchers, options.node_matchers)
-    return (health_board(metrics), *detail_boards(metrics), exporter_board(metrics))
+    return (
+        health_board(metrics),
+        *detail_boards(metrics),
+        backups_board(metrics),
+        exporter_board(metrics),
+    )
 
 
 def provisioning() -> dict[str, str]:

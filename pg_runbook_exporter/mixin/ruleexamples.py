@@ -9,6 +9,7 @@ import dataclasses
 
 from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.mixin.options import MixinOptions
+from pg_runbook_exporter.mixin.rulebackups import backups
 from pg_runbook_exporter.mixin.rulebook import Book, Example, const, number
 
 GIB = 1024**3
@@ -378,6 +379,6 @@ def _integrity(b: Book) -> None:
 def examples(config: Config, options: MixinOptions) -> list[Example]:
     """Every example, alert group by alert group, for the target ``options`` describe."""
     book = Book(config, options)
-    for group in (_availability, _connections, _maintenance, _wal, _disk, _integrity):
+    for group in (_availability, _connections, _maintenance, _wal, _disk, _integrity, backups):
         group(book)
     return book.examples

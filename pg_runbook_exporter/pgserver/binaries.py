@@ -140,26 +140,35 @@ def find_client_tool(name: str, *, min_major: int) -> Path:
     raise BinariesUnavailable(f"no {name} of PostgreSQL {min_major} or newer installed")
 
 
+def tool_version(program: Path) -> str:
+    """``18.6`` of ``program --version`` (any PostgreSQL program); raises BinariesUnavailable."""
+    try:
+        out = subprocess.run(
+            [str(program), "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BinariesUnavailable(f"{program} does not run: {exc}") from exc
+    match = _VERSION_RE.search(out)
+    if match is None:
+        raise BinariesUnavailable(f"{program} reports {out.strip()!r}, not a PostgreSQL version")
+    return f"{match.group(1)}.{match.group(2) or 0}"
+
+
+def binaries_at(bindir: Path) -> PgBinaries:
+    """The server installation in ``bindir`` (one named by the user), whatever its major."""
+    major = int(tool_version(bindir / "postgres").split(".")[0])
+    return _validate(major, bindir, source=f"{bindir}")
+
+
 def _validate(major: int, bindir: Path, *, source: str) -> PgBinaries:
     for program in ("initdb", "pg_ctl", "postgres"):
         if not (bindir / program).is_file():
             raise BinariesUnavailable(f"{bindir} has no {program}")
-    try:
-        out = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise BinariesUnavailable(f"{bindir}/postgres does not run: {exc}") from exc
-    match = _VERSION_RE.search(out)
-    if match is None or int(match.group(1)) != major:
-        raise BinariesUnavailable(f"{bindir}/postgres reports {out.strip()!r}, not {major}")
+    version = tool_version(bindir / "postgres")
+    if int(version.split(".")[0]) != major:
+        raise BinariesUnavailable(f"{bindir}/postgres is PostgreSQL {version}, not {major}")
     if not _has_pg_stat_statements(bindir, major):
         raise BinariesUnavailable(f"{bindir} has no pg_stat_statements extension")
-    version = f"{match.group(1)}.{match.group(2) or 0}"
     logger.debug("PostgreSQL %s from %s at %s", version, source, bindir)
     return PgBinaries(major=major, version=version, bindir=bindir, source=source)
 

@@ -128,8 +128,8 @@ def _template_data_dir(binaries: PgBinaries, user: ServerUser | None) -> Path:
         return data
 
 
-def _private_dir(prefix: str, user: ServerUser | None) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+def _private_dir(prefix: str, user: ServerUser | None, parent: Path | None = None) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     if user is not None:
         os.chown(path, user.uid, user.gid)
     return path
@@ -149,9 +149,13 @@ class ThrowawayServer(PostgresServer):
         archive_mode: Literal["off", "on", "always"] = "off",
         archive_command: str = "test ! -f {archive_dir}/%f && cp %p {archive_dir}/%f",
         fetch: bool = True,
+        binaries: PgBinaries | None = None,
+        parent: Path | None = None,
     ) -> None:
-        self.binaries = find_binaries(major, fetch=fetch)
-        self.major = major
+        # ``binaries`` overrides ``major``; ``parent`` holds the server's dir instead of $TMPDIR.
+        self.binaries = binaries or find_binaries(major, fetch=fetch)
+        self.major = self.binaries.major
+        self._parent = parent
         self._user = server_user()
         self._dir: Path | None = None
         self._running = False
@@ -250,7 +254,7 @@ class ThrowawayServer(PostgresServer):
                 self.port = free_port()
 
     def _create(self) -> None:
-        self._dir = _private_dir(f"pgrb-{self.major}-", self._user)
+        self._dir = _private_dir(f"pgrb-{self.major}-", self._user, parent=self._parent)
         for sub in (self.socket_dir, self.archive_dir):
             sub.mkdir(mode=0o700)
             if self._user is not None:

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from pg_runbook_exporter.config import parse_config
 from tests.conftest import PortalDb, Server, Servers
-from tests.support.collect import Scrape, collect_once, configured
+from tests.support.collect import FILE_CHECKS, Scrape, collect_once, configured
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def crowded(pg_servers: Servers, pg: Server) -> Iterator[PortalDb]:
 
 
 # Skipped here: the extension is not in this database; the server's logging_collector is off.
-NOT_HERE = ("statements", "server_logs")
+NOT_HERE = ("statements", "server_logs", *FILE_CHECKS)
 
 
 def series_of(scrape: Scrape, prefix: str) -> int:

@@ -64,8 +64,13 @@ def test_every_check_succeeds_or_is_skipped_for_a_stated_reason(db: PortalDb) ->
     skipped = {dict(k)["check"]: dict(k)["reason"] for k in scrape.series("pgrb_check_skipped")}
     # A primary with the extension and every portal table: only WAL-receiver-less things skip,
     # and the log directory where logging_collector is off (as on the servers tests start).
+    # The checks that read backup files skip without --backup.dir.
     collector_off = db.server.execute("SHOW logging_collector") == [("off",)]
-    assert set(skipped) - {"replication_slots"} == ({"server_logs"} if collector_off else set())
+    reading_files = {c.name for c in config.checks if c.source is not None}
+    assert {skipped[name] for name in reading_files} == {"unconfigured"}
+    assert set(skipped) - {"replication_slots"} - reading_files == (
+        {"server_logs"} if collector_off else set()
+    )
     assert skipped.get("server_logs", "setting") == "setting"
     assert scrape.value("pgrb_up") == 1
     assert scrape.value("pgrb_server_version_num") // 10000 == db.server.major

@@ -29,14 +29,14 @@ from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer, scram_verifi
 from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.session import APPLICATION_NAME
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, PortalDb, Server, Servers
-from tests.support.collect import Scrape, serving, wait_for
+from tests.support.collect import FILE_CHECKS, Scrape, serving, wait_for
 from tests.support.unvetted import unvetted_config
 
 pytestmark = pytest.mark.fault
 
 SCRAPE_TIMEOUT = 1.0
 # Skipped on the servers tests start: their logging_collector is off (Debian's default).
-OFF_HERE = ("server_logs",)
+OFF_HERE = ("server_logs", *FILE_CHECKS)
 
 
 # Left out on the session's shared server: pg_stat_statements is cluster-wide there, and keeps the
@@ -435,6 +435,7 @@ def test_on_a_hot_standby_primary_only_checks_skip_and_the_rest_work(
     assert scrape.series("pgrb_check_skipped").keys() == {
         frozenset({("check", "primary_only"), ("reason", "standby")}),
         frozenset({("check", "server_logs"), ("reason", "setting")}),
+        *(frozenset({("check", name), ("reason", "unconfigured")}) for name in FILE_CHECKS),
     }
     assert scrape.value("pgrb_wal_archiving_enabled") == 0
 

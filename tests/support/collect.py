@@ -13,12 +13,15 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from pg_runbook_exporter import app
+from pg_runbook_exporter.backup.sources import BackupOptions
 from pg_runbook_exporter.config import Check, Config, Setting, load_config
 from pg_runbook_exporter.database_url import parse_database_url
 from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.state import CheckState, ResultCache
 
 LabelSet = frozenset[tuple[str, str]]
+# The checks that read backup files, not the database: skipped without --backup.dir.
+FILE_CHECKS = tuple(c.name for c in load_config().checks if c.source is not None)
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,15 @@ class Collected:
         return state_of(self.cache, name)
 
 
-def collect(dsn: str, config: Config | None = None, *, connections: int = 1) -> Collected:
+def collect(
+    dsn: str,
+    config: Config | None = None,
+    *,
+    connections: int = 1,
+    backups: BackupOptions | None = None,
+) -> Collected:
     """Run every check of ``config`` once, in order, on one session against ``dsn``."""
-    pipeline = pipeline_for(dsn, config or load_config(), connections=connections)
+    pipeline = pipeline_for(dsn, config or load_config(), connections=connections, backups=backups)
     try:
         pipeline.scheduler.run_once()
     finally:
@@ -117,9 +126,15 @@ def collect(dsn: str, config: Config | None = None, *, connections: int = 1) -> 
     )
 
 
-def collect_once(dsn: str, config: Config | None = None, *, connections: int = 1) -> Scrape:
+def collect_once(
+    dsn: str,
+    config: Config | None = None,
+    *,
+    connections: int = 1,
+    backups: BackupOptions | None = None,
+) -> Scrape:
     """Run every check of ``config`` once against ``dsn`` and parse what would be served."""
-    return collect(dsn, config, connections=connections).scrape
+    return collect(dsn, config, connections=connections, backups=backups).scrape
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from psycopg import sql
 
 from pg_runbook_exporter.mixin.options import DEFAULT_JOB
 from pg_runbook_exporter.validation import parse_duration
+from tests.support.dumps import sample_backups
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class ExporterProcess:
         env.pop("PGRB_DATABASE_URL", None)
         args = [sys.executable, "-m", "pg_runbook_exporter", "run", "--config", str(config)]
         args += ["--web.listen-address", self.address, "--database.connections", "2"]
+        args += ["--backup.dir", str(sample_backups(workdir / "backups"))]
         self._process = _Process("exporter", args, workdir=workdir, env=env)
         _started(self._process, self.url, "the exporter")
 

@@ -91,7 +91,7 @@ def test_every_problem_is_reported_with_its_dotted_path() -> None:
     )
     assert problems == [
         "q.yaml: checks.locks.colour: unknown key (expected one of: help, interval, labels, "
-        "lock_timeout, max_series, metrics, requires, sql, stale_intervals, timeout)",
+        "lock_timeout, max_series, metrics, requires, source, sql, stale_intervals, timeout)",
         "q.yaml: checks.locks.metrics.n.type: expected gauge or counter, got 'histogram'",
         "q.yaml: checks.locks.interval: expected a duration such as 15s, 100ms or 5m, got 'often'",
         "q.yaml: checks.sizes.help: missing required key",
@@ -269,6 +269,32 @@ def test_required_settings_and_fixes_naming_nothing_are_rejected() -> None:
         "q.yaml: checks.a.metrics.n.fix: {schema} is neither {role} nor a label of the check",
         "q.yaml: checks.a.requires.settings.Bad Name: not a server setting name",
         "q.yaml: checks.a.requires.settings.work_mem: expected the value as text, got [1]",
+    ]
+
+
+def test_a_check_reads_a_known_source_and_only_its_columns() -> None:
+    problems = problems_of(
+        """
+        checks:
+          files:
+            help: x
+            source: backup_files
+            sql: SELECT 1 AS n
+            metrics:
+              backup_full_files: {name: backup_full_files, type: gauge, help: x}
+              n: {name: n, type: gauge, help: x}
+          elsewhere:
+            help: x
+            source: tape_library
+            metrics:
+              n: {name: m, type: gauge, help: x}
+        """
+    )
+    assert problems == [
+        "q.yaml: checks.files.sql: a check reads either SQL or a source, not both",
+        "q.yaml: checks.files: source backup_files returns no column 'n'",
+        "q.yaml: checks.elsewhere.source: expected one of: backup_files, backup_verification, "
+        "backup_verification_counts, got 'tape_library'",
     ]
 
 
