@@ -5,42 +5,19 @@ from __future__ import annotations
 import http.client
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
 
 from pg_runbook_exporter.errors import WebConfigError
-from pg_runbook_exporter.exposition import Exposition, render
 from pg_runbook_exporter.web.webconfig import WebConfig, load_web_config
-from tests.support.webclient import get, https, make_pki, server_factory, write_config
+from tests.support.webclient import get, https, make_pki, write_config
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def exposition() -> Exposition:
-    registry = CollectorRegistry()
-    Gauge("pgrb_up", "Whether the database answered.", registry=registry).set(1)
-    return render(registry)
-
-
-@pytest.fixture
-def serve(exposition: Exposition) -> Iterator[Callable[[WebConfig], int]]:
-    start_server, stop_all = server_factory()
-
-    def start(config: WebConfig) -> int:
-        server = start_server(
-            get_exposition=lambda: exposition, ready=lambda: (True, ""), web_config=config
-        )
-        return server.port
-
-    yield start
-    stop_all()
 
 
 def test_client_ca_is_required_for_client_certificates(

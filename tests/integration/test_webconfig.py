@@ -7,15 +7,14 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
 
 from pg_runbook_exporter.errors import WebConfigError
-from pg_runbook_exporter.exposition import Exposition, render
+from pg_runbook_exporter.exposition import Exposition
 from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
 from pg_runbook_exporter.web.webconfig import WebConfig, load_web_config
@@ -25,7 +24,6 @@ from tests.support.webclient import (
     https,
     make_pki,
     self_signed,
-    server_factory,
     write_config,
 )
 
@@ -42,27 +40,6 @@ def password_hash() -> str:
     # Cost 10, what htpasswd -nBC 10 writes: each first login costs a real bcrypt check.
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
     return "$2y$" + hashed[4:]  # the prefix htpasswd writes
-
-
-@pytest.fixture
-def exposition() -> Exposition:
-    registry = CollectorRegistry()
-    Gauge("pgrb_up", "Whether the database answered.", registry=registry).set(1)
-    return render(registry)
-
-
-@pytest.fixture
-def serve(exposition: Exposition) -> Iterator[Callable[[WebConfig], int]]:
-    start_server, stop_all = server_factory()
-
-    def start(config: WebConfig) -> int:
-        server = start_server(
-            get_exposition=lambda: exposition, ready=lambda: (True, ""), web_config=config
-        )
-        return server.port
-
-    yield start
-    stop_all()
 
 
 def test_empty_file_enables_nothing(tmp_path: Path) -> None:
