@@ -1,0 +1,105 @@
+"""The promtool examples of the pages that name their culprit: offender series beside the alert's.
+
+Each alert with a ``culprit`` fires once with its offender series present (the page names them,
+its fix is filled in) in these examples; the examples of ``ruleexamples`` have none, so the same
+pages say their ``none`` words there.
+"""
+
+from __future__ import annotations
+
+from pg_runbook_exporter.mixin.rulebook import Book, const
+
+AT = 1200.0  # 20m: the evaluation time of these examples
+STEPS = 20
+BLOCKER = {
+    "pid": "4242", "backend_start": "2026-01-05T02:58:11.123456Z", "application_name": "portal-bff",
+    "usename": "portal", "client_addr": "10.0.3.7", "datname": "portal",
+    "state": "idle in transaction", "gid": "", "relation": "public.id_mappings", "command": "",
+}  # fmt: skip
+PREPARED = {
+    **BLOCKER, "pid": "0", "backend_start": "", "application_name": "", "client_addr": "",
+    "usename": "portal", "state": "prepared", "gid": "settle-7'b", "relation": '"Invoices"',
+}  # fmt: skip
+
+
+def _blocker(
+    b: Book, labels: dict[str, str], direct: int, total: int, idle: float
+) -> dict[str, str]:
+    return {
+        b.series("pgrb_lock_blocker_waiting_sessions", **labels): const(direct, STEPS),
+        b.series("pgrb_lock_blocker_waiting_sessions_all", **labels): const(total, STEPS),
+        b.series("pgrb_lock_blocker_state_change_timestamp_seconds", **labels): const(
+            AT - idle, STEPS
+        ),
+        b.series("pgrb_lock_blocker_transaction_start_timestamp_seconds", **labels): const(
+            AT - idle - 5, STEPS
+        ),
+    }
+
+
+def _locks(b: Book) -> None:
+    lock = b.setting("lock_wait_warning_seconds")
+    waiting = "pgrb_oldest_lock_wait_start_timestamp_seconds"
+    named = _blocker(b, BLOCKER, 1, 2, 840)
+    # a second root blocker with fewer waiters is not the one named
+    other = {**BLOCKER, "pid": "5151", "application_name": "portal-worker", "client_addr": ""}
+    named.update(_blocker(b, other, 1, 1, 60))
+    b.add("PostgresSessionsBlocked", "behind portal-bff idle in transaction",
+          {"pgrb_blocked_sessions": const(3, STEPS)}, "20m", b.fired("warning", 3),
+          others=named)  # fmt: skip
+    b.add("PostgresLockWait", "behind portal-bff idle in transaction",
+          b.ages(waiting, lock + 120, AT), "20m", b.fired("warning", lock + 120),
+          others=named)  # fmt: skip
+    b.add("PostgresSessionsBlocked", "behind a prepared transaction",
+          {"pgrb_blocked_sessions": const(2, STEPS)}, "20m", b.fired("warning", 2),
+          others=_blocker(b, PREPARED, 2, 2, 3600))  # fmt: skip
+
+
+def _sessions(b: Book) -> None:
+    warn = b.setting("idle_in_transaction_warning_seconds")
+    idle = 'pgrb_oldest_idle_in_transaction_timestamp_seconds{datname="portal"}'
+    session = {
+        k: BLOCKER[k]
+        for k in ("pid", "backend_start", "application_name", "usename", "client_addr", "datname")
+    }
+    younger = {**session, "pid": "4343", "backend_start": "2026-01-05T03:01:00.000001Z"}
+    elsewhere = {**session, "pid": "99", "datname": "reports"}
+    since = "pgrb_idle_in_transaction_since_timestamp_seconds"
+    blocked = "pgrb_idle_in_transaction_blocked_sessions"
+    others = {
+        b.series(since, **session): const(AT - warn - 300, STEPS),
+        b.series(blocked, **session): const(2, STEPS),
+        b.series(since, **younger): const(AT - warn - 60, STEPS),
+        b.series(blocked, **younger): const(0, STEPS),
+        b.series(since, **elsewhere): const(AT - warn - 900, STEPS),
+        b.series(blocked, **elsewhere): const(0, STEPS),
+    }  # fmt: skip
+    b.add("PostgresIdleInTransaction", "portal-bff named, not another database's",
+          b.ages(idle, warn + 300, AT), "20m",
+          b.fired("warning", warn + 300, datname="portal"), others=others)  # fmt: skip
+    long_ = b.setting("long_running_query_seconds")
+    query = 'pgrb_oldest_query_start_timestamp_seconds{kind="client"}'
+    running = {**session, "wait_event_type": "IO", "wait_event": "DataFileRead",
+               "query_id": "-6043893045417364170"}  # fmt: skip
+    b.add("PostgresLongRunningQuery", "portal-bff reading", b.ages(query, long_ + 120, AT), "20m",
+          b.fired("warning", long_ + 120, kind="client"),
+          others={b.series("pgrb_long_running_query_start_timestamp_seconds", **running):
+                  const(AT - long_ - 120, STEPS)})  # fmt: skip
+
+
+def _connections(b: Book) -> None:
+    warn = b.setting("connections_usage_warning_ratio")
+    per = "pgrb_application_instance_connections"
+    others = {
+        b.series(per, application_name=app, client_addr=addr): const(n, STEPS)
+        for app, addr, n in (("portal-bff", "10.0.3.7", 10), ("portal-bff", "10.0.3.8", 9),
+                             ("psql", "", 4), ("portal-worker", "10.0.4.2", 2))
+    }  # fmt: skip
+    b.add("PostgresConnectionsHigh", "three instances named",
+          {"pgrb_connections_usage_ratio": const(warn, STEPS)}, "10m", b.fired("warning", warn),
+          others=others)  # fmt: skip
+
+
+def offenders(b: Book) -> None:
+    for group in (_locks, _sessions, _connections):
+        group(b)
