@@ -66,6 +66,8 @@ def parse(raw: object, path: str, problems: Problems) -> Culprit | None:
     for name, expr in culprit.values.items():
         if not _VALUE.fullmatch(str(expr)):
             problems.add(f"{path}.values.{name}", "expected pgrb_x or time() - pgrb_x")
+    if re.search(r"[\[\]]", _PART.sub("", culprit.text)):
+        problems.add(f"{path}.text", "an optional part is [A] or [A|B], not nested")
     for _kind, name, fmt in _fields(culprit.text):
         if fmt not in FORMATS:
             problems.add(f"{path}.text", f"{{{name}:{fmt}}}: formats are {list(FORMATS)[1:]}")

@@ -100,6 +100,64 @@ def _connections(b: Book) -> None:
           others=others)  # fmt: skip
 
 
+def _maintenance(b: Book) -> None:
+    ratio, rows = b.setting("dead_ratio_warning"), b.setting("dead_ratio_min_rows")
+    table = {"schemaname": "public", "relname": "id_mappings"}
+    dead = round(ratio * rows)
+    horizon = {"kind": "replication_slot", "name": "standby_old", "pid": "", "backend_start": "",
+               "client_addr": ""}  # fmt: skip
+    session = {"kind": "session", "name": "portal-bff", "pid": "4242",
+               "backend_start": BLOCKER["backend_start"], "client_addr": "10.0.3.7"}  # fmt: skip
+    holders = {
+        b.series("pgrb_xmin_horizon_age_transactions", **horizon): const(900000, STEPS),
+        b.series("pgrb_xmin_horizon_age_transactions", **session): const(4000, STEPS),
+    }
+    where = '{schemaname="public",relname="id_mappings"}'
+    b.add("PostgresTableDeadRows", "a slot holds the horizon", {
+        f"pgrb_table_dead_ratio{where}": const(ratio, STEPS),
+        f"pgrb_table_dead_rows{where}": const(dead, STEPS),
+        f"pgrb_table_live_rows{where}": const(rows - dead, STEPS),
+    }, "20m", b.fired("warning", ratio, **table), others=holders)  # fmt: skip
+    unused = "pgrb_largest_unused_index_size_bytes"
+    indexes = {
+        b.series(unused, schemaname="public", relname=rel, indexrelname=name): const(size, 100)
+        for rel, name, size in (("id_mappings", "id_mappings_sf_idx", 64 * 1024**2),
+                                ("users", 'users "Last" login', 8192))
+    }  # fmt: skip
+    b.add("PostgresUnusedIndexes", "two named", {"pgrb_unused_indexes": "2x100"}, "90m",
+          b.fired("info", 2), others=indexes)  # fmt: skip
+
+
+def _integrity(b: Book) -> None:
+    warn = b.setting("xid_age_warning")
+    tables = {
+        b.series("pgrb_table_frozenxid_age_transactions", schemaname="public", relname=rel):
+            const(age, STEPS)
+        for rel, age in (("id_mappings", warn + 5e6), ("users", warn + 1e6))
+    }  # fmt: skip
+    b.add("PostgresXidWraparound", "oldest tables named", {
+        'pgrb_database_xid_age{datname="portal"}': const(warn + 5e6, STEPS),
+        'pgrb_database_mxid_age{datname="portal"}': const(0, STEPS),
+    }, "20m", b.fired("warning", warn + 5e6, datname="portal", age="xid"),
+          others=tables)  # fmt: skip
+    newest = "pgrb_id_mappings_orphaned_newest_created_timestamp_seconds"
+    b.add("PortalIdMappingsOrphaned", "standing, since a deploy", {
+        "pgrb_id_mappings_orphaned": "3x60", newest: const(86400 * 20000 + 3600, 60),
+    }, "60m", b.fired("warning", 3))  # fmt: skip
+    duplicated = "pgrb_id_mappings_duplicated_newest_created_timestamp_seconds"
+    b.add("PortalIdMappingsDuplicated", "standing WHMCS duplicate, since a deploy", {
+        "pgrb_id_mappings_duplicate_whmcs_rows": "2x60",
+        "pgrb_id_mappings_duplicate_sf_rows": "0x60",
+    }, "60m", b.fired("warning", 2, system="whmcs"),
+          others={b.series(duplicated, kind="whmcs"): const(86400 * 20000, 60)})  # fmt: skip
+    failed = {"migration_name": "20260105_add_invoice_index", "status": "failed"}
+    b.add("PrismaMigrationFailed", "named", {"pgrb_prisma_migrations_failed": "1x10"}, "5m",
+          b.fired("critical", 1), others={
+              b.series("pgrb_prisma_migration_applied_steps", **failed): "2x10",
+              b.series("pgrb_prisma_migration_started_timestamp_seconds", **failed): "60x10",
+          })  # fmt: skip
+
+
 def offenders(b: Book) -> None:
-    for group in (_locks, _sessions, _connections):
+    for group in (_locks, _sessions, _connections, _maintenance, _integrity):
         group(b)
