@@ -88,14 +88,36 @@ def _test(example: Example, rules: Rules, config: Config) -> dict[str, Any]:
     }
 
 
-def generate(config: Config, options: MixinOptions) -> dict[str, str]:
-    """Relative path (under alerts/) → promtool test file."""
+def _rendered(config: Config, options: MixinOptions) -> Rules:
     document = alertgen.document(config, options)
-    rules = {
+    return {
         (rule["alert"], rule["labels"]["severity"]): rule
         for group in document["groups"]
         for rule in group["rules"]
     }
+
+
+def pages(config: Config, options: MixinOptions) -> dict[str, tuple[Example, dict[str, Any]]]:
+    """Alert → an example where it fires (one naming its culprit when there is one) and what
+    its page says there: the alert's labels and annotations, as promtool expects them."""
+    rules = _rendered(config, options)
+    found: dict[str, tuple[Example, dict[str, Any]]] = {}
+    named: set[str] = set()
+    for example in examples(config, options):
+        alerts = _expected(example, rules, config)
+        if not alerts or example.alert in named:
+            continue
+        culprit = alerts[0]["exp_annotations"].get("culprit", "")
+        if culprit and not culprit.startswith("the exporter names no"):
+            named.add(example.alert)
+            found[example.alert] = (example, alerts[0])
+        found.setdefault(example.alert, (example, alerts[0]))
+    return found
+
+
+def generate(config: Config, options: MixinOptions) -> dict[str, str]:
+    """Relative path (under alerts/) → promtool test file."""
+    rules = _rendered(config, options)
     found = examples(config, options)
     files = {}
     for interval in sorted({e.interval for e in found}):

@@ -4,6 +4,7 @@ the concurrent index builds they leave behind: one failed, one parked."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Any
 
@@ -106,7 +107,7 @@ def lock_chain(sessions: Sessions, dsn: str, *, marker: str = "lock-chain") -> t
         waiter = sessions.open(autocommit=True, application_name=name)
         sessions.background(waiter, update)
         # one at a time, so that the first waits on the transaction and the second on the tuple
-        wait_for(lambda n=name: _waiting(dsn, n), what=f"{name} to wait for its lock")
+        wait_for(functools.partial(_waiting, dsn, name), what=f"{name} to wait for its lock")
     return pid, "chain-row"
 
 
