@@ -18,7 +18,7 @@ BLOCKER = {
 }  # fmt: skip
 PREPARED = {
     **BLOCKER, "pid": "0", "backend_start": "", "application_name": "", "client_addr": "",
-    "usename": "portal", "state": "prepared", "gid": "settle-7'b", "relation": '"Invoices"',
+    "usename": "portal", "state": "", "gid": "settle-7'b", "relation": '"Invoices"',
 }  # fmt: skip
 
 

@@ -12,13 +12,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from pg_runbook_exporter import diagnose, playbook
 from pg_runbook_exporter.config import load_config
 from pg_runbook_exporter.database_url import parse_database_url
 from pg_runbook_exporter.errors import CheckError, DiagnoseError
 from tests.conftest import PortalDb
+from tests.support.collect import wait_for
 from tests.support.sessions import Sessions, lock_chain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,3 +162,31 @@ def test_control_characters_of_a_value_are_shown_escaped() -> None:
     assert diagnose.cell("portal\x1b[31m\nbff") == "portal\\x1b[31m\\nbff"
     with pytest.raises(DiagnoseError):
         diagnose.parse_labels(["a=1", "a=2"])
+
+
+def test_a_prepared_transaction_is_named_by_its_gid_and_rolled_back_by_it(
+    portal_db: PortalDb, sessions: Sessions
+) -> None:
+    gid = "settle-7'b"  # a quote in the gid: the fix quotes it as a literal
+    portal_db.server.execute(
+        "INSERT INTO id_mappings (id, user_id, updated_at) VALUES ('p1', 'u1', now())",
+        dbname=portal_db.name,
+    )
+    with psycopg.connect(portal_db.dsn) as holder:
+        holder.execute("UPDATE id_mappings SET updated_at = now() WHERE id = 'p1'")
+        holder.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+    try:
+        waiter = sessions.open(autocommit=True, application_name="portal-bff")
+        sessions.background(waiter, "UPDATE id_mappings SET updated_at = now() WHERE id = 'p1'")
+        wait_for(
+            lambda: bool(portal_db.server.execute(
+                "SELECT 1 FROM pg_locks WHERE NOT granted", dbname=portal_db.name)),
+            what="the update to wait for the prepared transaction",
+        )  # fmt: skip
+        done = _command(portal_db, "PostgresLockWait")
+    finally:
+        portal_db.server.execute(
+            sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)), dbname=portal_db.name
+        )
+    assert done.returncode == 0, done.stderr
+    assert "  ROLLBACK PREPARED 'settle-7''b';" in done.stdout.splitlines()
