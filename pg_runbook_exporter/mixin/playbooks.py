@@ -69,6 +69,11 @@ def readme_page(config: Config, options: MixinOptions) -> str:
     """The README's example of a page, with a pointer to every playbook's."""
     page = ruletests.pages(config, options)[README_PAGE]
     return (
-        page_markdown(README_PAGE, page).replace("](../../alerts/tests/)", "](alerts/tests/)")
+        page_markdown(README_PAGE, page)
+        .replace("](../../alerts/tests/)", "](alerts/tests/)")
+        .replace(
+            "the statement below",
+            f"the statement in [its playbook]({PLAYBOOKS}/{README_PAGE}.md#diagnosis)",
+        )
         + f"\nEvery playbook in [{PLAYBOOKS}/]({PLAYBOOKS}/) shows its alert's page the same way.\n"
     )
