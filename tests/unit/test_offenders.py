@@ -70,8 +70,8 @@ def test_the_fix_is_filled_from_the_top_offender_or_shows_its_fields() -> None:
 
 
 def test_the_diagnose_sql_gets_the_alerts_labels_as_literals() -> None:
-    diagnosis = Diagnosis("X", "SELECT 1 WHERE datname = %(datname)s AND x > %(limit)s", ("datname",),
-                          (Fix("none"),))  # fmt: skip
+    sql = "SELECT 1 WHERE datname = %(datname)s AND x > %(limit)s"
+    diagnosis = Diagnosis("X", sql, ("datname",), (Fix("none"),))
     said = offenders.say_diagnose(diagnosis, {"datname": "it's"}, lambda name: "300")
     assert said == "SELECT 1 WHERE datname = 'it''s' AND x > 300"
     assert offenders.go_diagnose(diagnosis, lambda name: "300") == (
