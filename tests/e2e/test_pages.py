@@ -21,10 +21,9 @@ from pg_runbook_exporter.config import load_config
 from pg_runbook_exporter.mixin import alertgen
 from pg_runbook_exporter.mixin.alertrules import RULES_FILE, rules
 from tests.conftest import PortalDb
-from tests.e2e.test_alerts import _test_alertmanager_config
 from tests.support.rules import with_for
 from tests.support.sessions import Sessions, lock_chain
-from tests.support.stack import JOB, prometheus_stack, wait_until
+from tests.support.stack import JOB, example_alertmanager_config, prometheus_stack, wait_until
 
 CONFIG = load_config()
 # long enough for the blocker to be named first: waits of offender_lock_wait_seconds, one check
@@ -61,7 +60,7 @@ def test_the_blocked_session_page_names_the_blocker_and_its_fix(
         tmp_path / "stack",
         database_url=portal_db.monitor_dsn,
         rule_files=[rule_file],
-        alertmanager_config=_test_alertmanager_config,
+        alertmanager_config=example_alertmanager_config,
     ) as stack:
         stack.wait_for(f'pgrb_blocked_sessions{{job="{JOB}"}} == 0')
         pid, _row = lock_chain(sessions, portal_db.dsn)
