@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from pg_runbook_exporter import playbook
+from pg_runbook_exporter.config import load_config
 from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.mixin import offenders
+from pg_runbook_exporter.mixin.alertrules import rules
 from pg_runbook_exporter.mixin.offenders import Culprit, Scene
 from pg_runbook_exporter.playbook import Diagnosis, Fix
 from pg_runbook_exporter.validation import Problems
@@ -94,3 +97,23 @@ def test_a_culprit_text_it_cannot_render_is_refused(text: str, problem: str) -> 
     with pytest.raises(ConfigError) as raised:
         raise ConfigError(problems.items)
     assert raised.value.problems == [f"alerts.yaml: alerts.X.culprit.text: {problem}"]
+
+
+def test_every_series_a_page_names_is_a_metric_of_queries_yaml_with_the_labels_it_reads() -> None:
+    config = load_config()
+    labels = {m.name: set(c.labels) for c in config.checks for m in c.metrics}
+    for rule in rules():
+        culprit = rule.culprit
+        if culprit is None:
+            continue
+        series = [culprit.series, *(v.removeprefix("time() - ") for v in culprit.values.values())]
+        for metric in series:
+            name = metric
+            assert name in labels, f"{rule.name}: {metric} is not exported"
+            assert set(culprit.key) <= labels[name], f"{rule.name}: {metric} lacks {culprit.key}"
+        read = {n for _kind, n, _f in offenders._fields(culprit.text)} - {"value", *culprit.values}
+        assert read <= labels[culprit.series], rule.name
+        fix = rule.diagnosis.fixes if rule.diagnosis and culprit.fills_fix else ()
+        for one in fix:
+            used = {n for n, _q in playbook.fields(one.text)} | ({one.when} - {None})
+            assert used <= labels[culprit.series], rule.name
