@@ -36,6 +36,10 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _PERCENT = re.compile(r"%%|%\(\w+\)s|(%)")
 _SERVER_SETTING = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?$")
 _FIX_FIELD = re.compile(r"\{(\w+)\}")
+# settings.label_value_max_length: its default, and the least that keeps a character before the
+# "…" and 6 hex digits a cut value ends with (samples.capped).
+LABEL_VALUE_MAX_LENGTH = 120
+LABEL_VALUE_MIN_LENGTH = 8
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,16 @@ class Config:
     def metric_name(self, name: str) -> str:
         return f"{self.namespace}_{name}"
 
+    @property
+    def label_value_max_length(self) -> int:
+        """The cap on every label value (settings.label_value_max_length, validated at load)."""
+        try:
+            value = self.setting("label_value_max_length")
+        except KeyError:
+            return LABEL_VALUE_MAX_LENGTH
+        assert isinstance(value, int)
+        return value
+
 
 @dataclass(frozen=True)
 class _Defaults:
@@ -192,6 +206,13 @@ def _load_settings(raw: object, problems: Problems) -> tuple[Setting, ...]:
         if metric is not None and not isinstance(parsed, int | float):
             problems.add(f"{path}.metric", "only numeric settings can be exported as a metric")
             metric = None
+        if name == "label_value_max_length" and not (
+            isinstance(parsed, int) and parsed >= LABEL_VALUE_MIN_LENGTH
+        ):
+            problems.add(
+                f"{path}.value", f"expected a whole number of at least {LABEL_VALUE_MIN_LENGTH}"
+            )
+            parsed = LABEL_VALUE_MAX_LENGTH
         settings.append(
             Setting(
                 name=str(name),

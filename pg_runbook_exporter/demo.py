@@ -13,6 +13,7 @@ import dataclasses
 import contextlib
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,21 @@ def _background(
     return conn, thread
 
 
+def _waited(dsn: str, pid: int, seconds: float) -> bool:
+    """Whether ``pid`` has waited for a lock at least ``seconds``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted"
+            " AND extract(epoch FROM now() - waitstart) >= %s",
+            (pid, seconds),
+        ).fetchall()
+    return bool(rows)
+
+
 @contextlib.contextmanager
-def live_activity(dsn: str) -> Iterator[Activity]:
+def live_activity(dsn: str, *, lock_wait: float = 0.0) -> Iterator[Activity]:
+    """The demo's sessions; returns once the blocked one has waited ``lock_wait`` seconds, so
+    the exporter's first lock_blockers run names its blocker (bounded: 30 s at most)."""
     conns: list[psycopg.Connection[Any]] = []
     threads: list[threading.Thread] = []
     try:
@@ -114,6 +128,10 @@ def live_activity(dsn: str) -> Iterator[Activity]:
             conn, thread = _background(dsn, statement, application_name)
             conns.append(conn)
             threads.append(thread)
+        waiter = conns[2].info.backend_pid
+        deadline = time.monotonic() + 30
+        while not _waited(dsn, waiter, lock_wait) and time.monotonic() < deadline:
+            time.sleep(0.2)
         yield Activity(connections=conns, threads=threads)
     finally:
         for conn in conns:
@@ -172,7 +190,9 @@ def run(
         say(f"starting a throwaway PostgreSQL {major} and seeding the portal database …")
         target = parse_database_url(prepare(server))
         add_secrets(*target.secrets)
-        with live_activity(server.dsn(dbname=DEMO_DATABASE)):
+        lock_wait = config.setting("offender_lock_wait_seconds")
+        assert isinstance(lock_wait, int | float)
+        with live_activity(server.dsn(dbname=DEMO_DATABASE), lock_wait=lock_wait):
 
             def announce(port: int) -> None:
                 say(

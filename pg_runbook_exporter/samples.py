@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pg_runbook_exporter.config import Check
+from pg_runbook_exporter.config import LABEL_VALUE_MAX_LENGTH, Check
 from pg_runbook_exporter.errors import CheckError, FailureReason
 from pg_runbook_exporter.session import QueryResult
 
@@ -52,6 +53,21 @@ def to_number(value: Any) -> float | None:
     raise TypeError(f"{type(value).__name__} value {str(value)[:40]!r} is not a number")
 
 
+# What ends a cut value: "…" and 6 hex digits of a hash of the whole value (so cut values that
+# share a prefix stay apart). config.LABEL_VALUE_MIN_LENGTH leaves at least one character before.
+_MARK = "…"
+_HASH_DIGITS = 6
+
+
+def capped(value: str, max_length: int) -> str:
+    """``value``, or its first characters, "…" and a hash of it when longer than ``max_length``."""
+    if len(value) <= max_length:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", errors="surrogatepass")).hexdigest()
+    keep = max_length - len(_MARK) - _HASH_DIGITS
+    return value[:keep] + _MARK + digest[:_HASH_DIGITS]
+
+
 def label_text(value: Any) -> str:
     if value is None:
         return ""
@@ -64,8 +80,14 @@ def label_text(value: Any) -> str:
     return str(value)
 
 
-def build_samples(check: Check, result: QueryResult) -> Samples:
-    """Validate the result's shape against the check and convert every row."""
+def build_samples(
+    check: Check,
+    result: QueryResult,
+    *,
+    label_value_max_length: int = LABEL_VALUE_MAX_LENGTH,
+) -> Samples:
+    """Validate the result's shape against the check and convert every row; every label value
+    is capped at ``label_value_max_length`` characters (see ``capped``)."""
     declared = list(check.labels) + [m.column for m in check.metrics]
     extra = [c for c in result.columns if c not in declared]
     missing_labels = [c for c in check.labels if c not in result.columns]
@@ -92,7 +114,7 @@ def build_samples(check: Check, result: QueryResult) -> Samples:
     rows = []
     seen: set[tuple[str, ...]] = set()
     for raw in result.rows:
-        labels = tuple(label_text(raw[i]) for i in label_at)
+        labels = tuple(capped(label_text(raw[i]), label_value_max_length) for i in label_at)
         if labels in seen:
             shown = ", ".join(f"{n}={v!r}" for n, v in zip(check.labels, labels, strict=True))
             raise CheckError(

@@ -67,6 +67,7 @@ class Scheduler:
         self._facts_interval = facts_interval
         self._clock = clock
         self._params = config.sql_params()
+        self._label_cap = config.label_value_max_length
         # Checks that read files run on a thread of their own, never waiting on the database.
         self._files = files
         relations = sorted({r for c in config.checks for r in c.requires.relations})
@@ -203,7 +204,7 @@ class Scheduler:
                 lock_timeout=check.lock_timeout,
                 max_rows=check.max_series,
             )
-            samples = build_samples(check, result)
+            samples = build_samples(check, result, label_value_max_length=self._label_cap)
         except CheckError as error:
             if error.reason is FailureReason.CONNECTION:
                 self._cache.set_up(False)
@@ -222,7 +223,7 @@ class Scheduler:
             result = self._files.read(
                 check.source, timeout=check.timeout, max_rows=check.max_series
             )
-            samples = build_samples(check, result)
+            samples = build_samples(check, result, label_value_max_length=self._label_cap)
         except CheckError as error:
             self._cache.record_failure(check.name, error, self._clock() - started)
             return

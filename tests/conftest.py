@@ -15,7 +15,8 @@ Fixtures
                   it is marked ``fault`` (deselect with ``-m "not fault"``).
 
 Servers start lazily (the first test that needs a major starts it) and are ``ThrowawayServer``s:
-a free 127.0.0.1 port, a private temp dir, the unprivileged server user when run as root.
+a free 127.0.0.1 port, a private temp dir, the unprivileged server user when run as root. The
+shared ones (``pg``, ``pg_each``) allow 150 connections and 10 prepared transactions.
 
 Environment
 -----------
@@ -60,6 +61,12 @@ PRODUCTION_MAJOR = int(os.environ.get("PGRB_TEST_MAJOR", "17"))
 EXTERNAL_DSN = os.environ.get("PGRB_TEST_DSN") or None
 IN_CI = os.environ.get("CI") == "true"
 T = TypeVar("T")
+# The shared servers: room for a test's hundred sessions (the offender checks' cardinality
+# test holds 100 at once) and for prepared transactions, which the default (0) refuses.
+SHARED_SERVER: dict[str, Any] = {
+    "max_connections": 150,
+    "settings": {"max_prepared_transactions": 10},
+}
 FETCH = os.environ.get("PGRB_PG_FETCH", "1") != "0"
 
 
@@ -120,7 +127,7 @@ class Servers:
         if major in self._broken:
             pytest.fail(self._broken[major], pytrace=False)
         if major not in self._started:
-            server = required(lambda: ThrowawayServer(major=major, fetch=FETCH))
+            server = required(lambda: ThrowawayServer(major=major, fetch=FETCH, **SHARED_SERVER))
             try:
                 server.start()
             except ServerError as exc:

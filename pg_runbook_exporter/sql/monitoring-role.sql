@@ -107,8 +107,9 @@ BEGIN
     FOR t IN
         SELECT * FROM (VALUES
             ('users', 'id'),
-            ('id_mappings', 'user_id, whmcs_client_id, sf_account_id'),
-            ('_prisma_migrations', 'finished_at, rolled_back_at, logs, started_at')
+            ('id_mappings', 'user_id, whmcs_client_id, sf_account_id, created_at'),
+            ('_prisma_migrations',
+             'finished_at, rolled_back_at, logs, started_at, migration_name, applied_steps_count')
         ) AS v(tbl, cols)
     LOOP
         IF to_regclass(format('%I.%I', s, t.tbl)) IS NOT NULL THEN

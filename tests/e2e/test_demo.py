@@ -57,6 +57,12 @@ def test_demo_serves_the_seeded_faults_and_removes_everything_on_ctrl_c(tmp_path
             lambda: (s := scrape(port)) is not None and s.get("pgrb_blocked_sessions") == 1,
             what="the demo's blocked lock",
         )
+        # its blocker is named from the first run on: the demo lets the wait age first
+        blocker = {"application_name": "portal-migrations", "relation": "public.portal_orders"}
+        metrics = scrape(port)
+        assert metrics is not None
+        assert metrics.value("pgrb_lock_blocker_waiting_sessions", **blocker) == 1
+        assert metrics.value("pgrb_lock_blocker_waiting_sessions_all", **blocker) == 1
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
