@@ -8,9 +8,8 @@ it as the least-privilege monitoring role.
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import secrets
 import threading
 import time

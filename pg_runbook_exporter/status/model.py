@@ -1,4 +1,4 @@
-"""The status document: a snapshot's checks as rows by runbook chapter, judged at the alerts' thresholds.
+"""The status document: a snapshot's checks by runbook chapter, judged at the alerts' thresholds.
 
 One plain, JSON-ready mapping that ``/status.json`` serves as it is and ``/status`` draws. Values
 are the samples ``/metrics`` serves from the same snapshot (a timestamp stays a timestamp; its age
@@ -58,8 +58,8 @@ def number(value: float | None) -> float | str | None:
 def iso(wall: float | None) -> str | None:
     if wall is None:
         return None
-    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z"
+    return (
+        dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     )
 
 
@@ -216,4 +216,3 @@ def document(snap: Snapshot, generation: int, wall: float) -> dict[str, Any]:
 def worst(doc: dict[str, Any]) -> RowState:
     states = [RowState(r["state"]) for c in doc["chapters"] for r in c["rows"]]
     return min(states, key=RANK.__getitem__, default=RowState.OK)
-

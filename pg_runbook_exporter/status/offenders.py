@@ -1,4 +1,4 @@
-"""The offender sections: root lock blockers as trees, the oldest idle transactions, the longest queries.
+"""The offender sections: lock blockers as trees, the oldest idle transactions, the longest queries.
 
 Built from the rows of the checks marked ``offenders:`` in queries.yaml, whose labels and metrics
 are fixed by CONTRACT.md. Each offender carries its playbook's fix, guarded by pid *and*
@@ -70,9 +70,7 @@ def _offenders(check: Check, snap: Snapshot, wall: float) -> Iterator[dict[str, 
     assert kind is not None
     state = next(s for s in snap.states if s.check is check)
     samples = state.serving(snap.taken_at)
-    wanted = {
-        key: snap.config.metric_name(name) for key, name in METRICS[kind].items()
-    }
+    wanted = {key: snap.config.metric_name(name) for key, name in METRICS[kind].items()}
     index = {m.name: i for i, m in enumerate(check.metrics)}
     for row in samples.rows if samples else ():
         labels = dict(zip(check.labels, row.labels, strict=True))
@@ -89,12 +87,14 @@ def _offenders(check: Check, snap: Snapshot, wall: float) -> Iterator[dict[str, 
 def sections(snap: Snapshot, wall: float) -> list[dict[str, Any]]:
     """One section per offender check, in queries.yaml order; oldest offenders first."""
     found = []
-    for check in snap.config.checks:
+    order = list(Offenders)
+    for check in sorted(
+        (c for c in snap.config.checks if c.offenders is not None),
+        key=lambda c: order.index(c.offenders),  # type: ignore[arg-type]
+    ):
         if check.offenders is None:
             continue
-        items = sorted(
-            _offenders(check, snap, wall), key=lambda i: -(i["age_seconds"] or 0.0)
-        )
+        items = sorted(_offenders(check, snap, wall), key=lambda i: -(i["age_seconds"] or 0.0))
         found.append(
             {
                 "kind": str(check.offenders),

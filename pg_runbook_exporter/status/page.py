@@ -28,7 +28,8 @@ a{color:inherit}
 .note,.muted{color:var(--muted);font-size:.9em}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;vertical-align:top;padding:6px 8px;border-bottom:1px solid var(--line)}
-th{font-size:.85em;color:var(--muted);font-weight:600}
+th{font-size:.85em;color:var(--muted);font-weight:600;white-space:nowrap}
+td.value{min-width:7em}td.check{min-width:10em}
 .state{font-weight:700;text-transform:uppercase;font-size:.8em;padding:2px 6px;border-radius:4px;
 color:#fff;background:var(--muted);white-space:nowrap}
 .state.ok{background:var(--ok)}.state.warning,.state.failing,.state.stale{background:var(--warning)}
@@ -59,6 +60,14 @@ SECURITY_HEADERS = (
 ).encode()
 
 
+ICON_PATH = "/favicon.svg"
+# Served so that a browser asks for no /favicon.ico, which would be a 404 in its console.
+ICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<circle cx="8" cy="8" r="7" fill="#336791"/></svg>\n'
+)
+
+
 def e(value: object) -> str:
     return escape("" if value is None else str(value), quote=True)
 
@@ -68,6 +77,7 @@ def document_page(title: str, body: str) -> bytes:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="/favicon.svg">'
         f"<title>{e(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     ).encode()
 
@@ -84,9 +94,8 @@ def _banner(doc: dict[str, Any], worst: str) -> str:
     if database == "down":
         headline = "Database not reachable"
         cls = "down"
-        extra = (
-            " — values below are the last ones collected. Playbook: "
-            + _playbook_link(health["database_playbook"])
+        extra = " — values below are the last ones collected. Playbook: " + _playbook_link(
+            health["database_playbook"]
         )
     elif database == "unknown":
         headline, cls, extra = "Not connected yet", "stale", ""
@@ -97,9 +106,16 @@ def _banner(doc: dict[str, Any], worst: str) -> str:
         for s in ("critical", "warning", "failing", "stale", "info", "ok", "skipped", "pending")
         if health[s]
     )
+    past = [
+        f'<a href="#check-{e(r["check"])}">{e(r["check"])}</a> ({e(r["state"])})'
+        for c in doc["chapters"]
+        for r in c["rows"]
+        if r["state"] in ("critical", "warning", "failing", "stale")
+    ]
+    listed = f"<br>Past a threshold or failing: {', '.join(past)}" if past else ""
     return (
         f'<div class="banner {e(cls)}" id="health"><strong>{e(headline)}</strong>{extra}<br>'
-        f"{health['checks']} checks: {e(counts)}</div>"
+        f"{health['checks']} checks: {e(counts)}{listed}</div>"
     )
 
 
@@ -119,8 +135,7 @@ def _detail(row: dict[str, Any]) -> str:
     parts = []
     if row["thresholds"]:
         parts.append(
-            "thresholds: "
-            + "; ".join(f"{t['severity']} {t['text']}" for t in row["thresholds"])
+            "thresholds: " + "; ".join(f"{t['severity']} {t['text']}" for t in row["thresholds"])
         )
     if row["judged_by_alerts"]:
         parts.append("judged by the alerts: " + "; ".join(row["judged_by_alerts"]))
@@ -134,10 +149,11 @@ def _detail(row: dict[str, Any]) -> str:
 def _row(row: dict[str, Any]) -> str:
     age = row["last_success_age_seconds"]
     last = f"{duration(age)} ago" if age is not None else "never"
+    state = e(row["state"])
     return (
-        f'<tr id="check-{e(row["check"])}" data-state="{e(row["state"])}">'
-        f'<td data-label="state"><span class="state {e(row["state"])}">{e(row["state"])}</span></td>'
-        f'<td data-label="check"><strong>{e(row["check"])}</strong>'
+        f'<tr id="check-{e(row["check"])}" data-state="{state}">'
+        f'<td data-label="state"><span class="state {state}">{state}</span></td>'
+        f'<td data-label="check" class="check"><strong>{e(row["check"])}</strong>'
         f' <span class="muted">{e(row["metric"])}</span></td>'
         f'<td data-label="value" class="value">{_value(row)}</td>'
         f'<td data-label="last success">{e(last)}</td>'
@@ -163,7 +179,9 @@ def _who(item: dict[str, Any], now_label: str = "") -> str:
         f"user {item['usename']}" if item.get("usename") else "",
         f"database {item['datname']}" if item.get("datname") else "",
         f"state {item['state']}" if item.get("state") else "",
-        f"{now_label} {duration(item['age_seconds'])}" if item.get("age_seconds") is not None else "",
+        f"{now_label} {duration(item['age_seconds'])}"
+        if item.get("age_seconds") is not None
+        else "",
     ]
     return e(" · ".join(b for b in bits if b))
 
@@ -177,7 +195,10 @@ def _blockers(section: dict[str, Any]) -> str:
     for item in section["offenders"]:
         waiting = item.get("waiting")
         waiting_all = item.get("waiting_all")
-        waits = f"{unit_count(waiting)} sessions wait directly"
+        waits = (
+            "1 session waits directly" if waiting == 1
+            else f"{unit_count(waiting)} sessions wait directly"
+        )  # fmt: skip
         if waiting_all is not None:
             waits += f", {unit_count(waiting_all)} in all"
         if item.get("relation"):
@@ -218,8 +239,8 @@ def render(doc: dict[str, Any], *, worst: str, name: str = "pg-runbook-exporter"
     body = (
         f"<h1>{e(name)} status</h1>"
         f'<p class="note">Generation {doc["generation"]}, rendered {e(doc["rendered_at"])}. '
-        "States are instantaneous, at the thresholds the alerts use, without their <code>for</code>;"
-        " conditions that need history are judged by the alerts. "
+        "States are instantaneous, at the thresholds the alerts use, without their "
+        "<code>for</code>; conditions that need history are judged by the alerts. "
         '<a href="/status.json">JSON</a> · <a href="/playbooks/">playbooks</a> · '
         '<a href="/">home</a></p>'
         f"{_banner(doc, worst)}\n{_offenders(doc)}\n"

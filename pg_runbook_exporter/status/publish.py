@@ -30,8 +30,10 @@ LINKS = (
 
 
 def _waiting(path: str) -> Page:
-    body = b"no snapshot rendered yet\n" if path == JSON_PATH else page.document_page(
-        "status", "<p>The first collection has not finished yet.</p>"
+    body = (
+        b"no snapshot rendered yet\n"
+        if path == JSON_PATH
+        else page.document_page("status", "<p>The first collection has not finished yet.</p>")
     )
     return Page(body, JSON if path == JSON_PATH else page.HTML_TYPE, page.SECURITY_HEADERS)
 
@@ -75,6 +77,8 @@ def pages(status: StatusPages, books: playbooks.Playbooks) -> dict[str, PageSour
         STATUS_PATH: lambda: status.html,
         JSON_PATH: lambda: status.json,
     }
+    icon = Page(page.ICON, b"image/svg+xml", page.SECURITY_HEADERS)
+    found[page.ICON_PATH] = lambda: icon
     for path, body in books.pages.items():
         ready = Page(body, page.HTML_TYPE, page.SECURITY_HEADERS)
         found[path] = lambda ready=ready: ready  # type: ignore[misc]

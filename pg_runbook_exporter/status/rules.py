@@ -1,4 +1,4 @@
-"""A check's ``chapter``, ``status`` rules and ``offenders`` kind in queries.yaml, validated at load.
+"""A check's ``chapter``, ``status`` rules and ``offenders`` kind in queries.yaml, checked at load.
 
 A rule names a metric column of its check and the thresholds at which the status page colours it,
 each an operator and a number or the name of a setting, so the page and the alerts read the one
@@ -108,13 +108,13 @@ def load_chapters(raw: object, problems: Problems) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def load_offenders(raw: object, path: str, labels: tuple[str, ...], problems: Problems) -> (
-    Offenders | None
-):
+def load_offenders(
+    raw: object, path: str, labels: tuple[str, ...], problems: Problems
+) -> Offenders | None:
     if raw is None:
         return None
     try:
-        kind = Offenders(raw)
+        kind = Offenders(str(raw))
     except ValueError:
         problems.add(path, f"expected one of {', '.join(Offenders)}, got {raw!r}")
         return None
@@ -146,9 +146,9 @@ def _condition(
     return Condition(severity, op, float(value), setting=operand)
 
 
-def _pairs(raw: object, path: str, labels: tuple[str, ...], problems: Problems) -> tuple[
-    tuple[str, str], ...
-]:
+def _pairs(
+    raw: object, path: str, labels: tuple[str, ...], problems: Problems
+) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pg_runbook_exporter.web.auth import BasicAuthenticator
 from pg_runbook_exporter.web.limits import Limits
-from pg_runbook_exporter.web.pages import PageSource, Pages, check_paths, landing_page
+from pg_runbook_exporter.web.pages import Pages, PageSource, check_paths, landing_page
 from pg_runbook_exporter.web.tlsconfig import TLSServerConfig
 from pg_runbook_exporter.web.webconfig import RateLimit, WebConfig
 
@@ -89,4 +89,3 @@ def build_settings(
         tls=web_config.tls if web_config else None,
         pages={path.encode(): source for path, source in pages.items()},
     )
-

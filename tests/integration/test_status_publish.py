@@ -1,4 +1,4 @@
-"""/status, /status.json and /playbooks/ served by the real pipeline from a seeded portal database."""
+"""/status, /status.json and /playbooks/ served by the real pipeline from a seeded portal."""
 
 from __future__ import annotations
 
