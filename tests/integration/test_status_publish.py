@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from pg_runbook_exporter.config import load_config
-from tests.conftest import PortalDb
-from tests.support.collect import Scrape, Serving, serving, wait_for
+from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer
+from tests.conftest import PortalDb, Servers
+from tests.support.collect import Scrape, Serving, configured, serving, wait_for
 from tests.support.sessions import Sessions
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -188,3 +189,26 @@ def test_without_web_status_the_pages_are_404(portal_db: PortalDb) -> None:
         for path in ("/status", "/status.json", "/playbooks/", "/playbooks/PostgresDown"):
             assert get(exporter.url + path)[0] == 404
         assert b"/status" not in get(exporter.url + "/")[2]
+
+
+def test_with_the_database_stopped_status_answers_and_says_so_on_top(
+    own_server: Callable[..., ThrowawayServer],
+) -> None:
+    server = own_server()
+    db = Servers().portal_db(server)
+    config = configured(only=["server", "connections", "id_mappings_orphans"])
+    with serving(db.monitor_dsn, config, status=True) as exporter:
+        wait_for(lambda: exporter.cache.ready()[0], what="a first collection")
+        server.stop("fast")
+        wait_for(
+            lambda: json.loads(get(f"{exporter.url}/status.json")[2])["health"]["database"]
+            == "down",
+            what="the status document to say the database is down",
+        )
+        status, _, body = get(f"{exporter.url}/status")
+        assert status == 200
+        text = body.decode()
+        banner = text.index('id="health"')
+        assert text.index("Database not reachable") > banner
+        assert text.index("Database not reachable") < text.index("<h2>")  # on top
+        assert 'href="/playbooks/PostgresDown"' in text

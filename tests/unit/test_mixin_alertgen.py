@@ -1,4 +1,4 @@
-"""The rules' runbook_url: a wiki's .md pages, or an exporter's /playbooks/ except for its own alerts."""
+"""The rules' runbook_url: a wiki's .md pages, or the exporter's, but not for its own alerts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The status page's HTML: every database string escaped, the one style block allowed by its hash."""
+"""The status page's HTML: every database string escaped, its one style block allowed by hash."""
 
 from __future__ import annotations
 
@@ -29,14 +29,27 @@ def hostile_document() -> dict[str, Any]:
         "generation": 7,
         "rendered_at": "2026-12-02T00:00:00Z",
         "health": {
-            "database": "up", "database_playbook": None, "checks": 1, "critical": 0,
-            "warning": 1, "failing": 0, "stale": 0, "info": 0, "ok": 0, "skipped": 0,
+            "database": "up",
+            "database_playbook": None,
+            "checks": 1,
+            "critical": 0,
+            "warning": 1,
+            "failing": 0,
+            "stale": 0,
+            "info": 0,
+            "ok": 0,
+            "skipped": 0,
             "pending": 0,
-        },  # fmt: skip
+        },
         "offenders": [
-            {"kind": "blockers", "check": "b", "title": "Blocking sessions",
-             "playbook": "PostgresLockWait", "offenders": [offender]},
-        ],  # fmt: skip
+            {
+                "kind": "blockers",
+                "check": "b",
+                "title": "Blocking sessions",
+                "playbook": "PostgresLockWait",
+                "offenders": [offender],
+            },
+        ],
         "chapters": [{"name": HOSTILE, "rows": [row]}],
     }
 

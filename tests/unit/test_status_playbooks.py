@@ -1,4 +1,4 @@
-"""The playbooks as HTML: raw HTML shown as text, links between playbooks rewritten, others dropped."""
+"""The playbooks as HTML: raw HTML as text, links between playbooks rewritten, others dropped."""
 
 from __future__ import annotations
 

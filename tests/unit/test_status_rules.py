@@ -1,4 +1,4 @@
-"""A check's chapter, status rules and offenders kind: read from queries.yaml, refused when wrong."""
+"""A check's chapter, status rules and offenders kind: from queries.yaml, refused when wrong."""
 
 from __future__ import annotations
 
