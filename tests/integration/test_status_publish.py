@@ -201,8 +201,9 @@ def test_with_the_database_stopped_status_answers_and_says_so_on_top(
         wait_for(lambda: exporter.cache.ready()[0], what="a first collection")
         server.stop("fast")
         wait_for(
-            lambda: json.loads(get(f"{exporter.url}/status.json")[2])["health"]["database"]
-            == "down",
+            lambda: (
+                json.loads(get(f"{exporter.url}/status.json")[2])["health"]["database"] == "down"
+            ),
             what="the status document to say the database is down",
         )
         status, _, body = get(f"{exporter.url}/status")
