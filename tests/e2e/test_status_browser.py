@@ -150,8 +150,8 @@ def test_status_page_in_a_browser(
     assert tree.count() == 1
     assert f"pid {blocker_pid}" in tree.inner_text()
     assert f"application {BLOCKER_APP}" in tree.inner_text()
-    assert "1 sessions wait directly" in tree.locator("li.waiters").inner_text()
-    assert "orders" in tree.locator("li.waiters").inner_text()
+    waiters = tree.locator("li.waiters").inner_text()
+    assert waiters == "1 session waits directly, 1 in all, on table public.orders"
     assert f"WHERE pid = {blocker_pid} AND backend_start = '" in tree.locator("pre").inner_text()
 
     # The hostile application_name is text, never markup: no image element, no dialog.
