@@ -25,13 +25,15 @@ from prometheus_client import ProcessCollector
 
 from pg_runbook_exporter import __version__, diagnose
 from pg_runbook_exporter.backup.sources import BackupOptions, FileReader
-from pg_runbook_exporter.collector import Renderer
+from pg_runbook_exporter.collector import Listener, Renderer
 from pg_runbook_exporter.config import Config, load_config
 from pg_runbook_exporter.database_url import DatabaseTarget, parse_database_url
 from pg_runbook_exporter.errors import ListenError, OptionError, WebConfigError
 from pg_runbook_exporter.report import Line, describe
 from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.state import ResultCache
+from pg_runbook_exporter.status import playbooks
+from pg_runbook_exporter.status.publish import LINKS, StatusPages, pages
 from pg_runbook_exporter.web.server import WebServer
 from pg_runbook_exporter.web.webconfig import WebConfig, load_web_config
 
@@ -60,6 +62,7 @@ class WebOptions:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     telemetry_path: str = "/metrics"
     config_file: Path | None = None
+    status: bool = False  # ``--web.status``: /status, /status.json and /playbooks/
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,12 @@ def build_pipeline(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     backups: BackupOptions | None = None,
+    listeners: tuple[Listener, ...] = (),
 ) -> Pipeline:
     cache = ResultCache(config=config, clock=clock, wall_clock=wall_clock)
-    renderer = Renderer(*([ProcessCollector(registry=None)] if process_metrics else []))
+    renderer = Renderer(
+        *([ProcessCollector(registry=None)] if process_metrics else []), listeners=listeners
+    )
     scheduler = Scheduler(
         config=config,
         target=target,
@@ -180,6 +186,7 @@ class Running:
     pipeline: Pipeline
     server: WebServer
     port: int
+    status: StatusPages | None = None
 
 
 @contextlib.contextmanager
@@ -187,8 +194,13 @@ def running(
     setup: Setup, web: WebOptions, *, web_config: WebConfig | None = None
 ) -> Iterator[Running]:
     """The pipeline collecting and the web server serving it, until the block ends."""
+    status = StatusPages() if web.status else None
     pipeline = build_pipeline(
-        setup.config, setup.target, connections=setup.connections, backups=setup.backups
+        setup.config,
+        setup.target,
+        connections=setup.connections,
+        backups=setup.backups,
+        listeners=(status.publish,) if status else (),
     )
     try:
         server = WebServer(
@@ -197,6 +209,8 @@ def running(
             get_exposition=lambda: pipeline.renderer.exposition,
             ready=pipeline.cache.ready,
             web_config=web_config,
+            pages=pages(status, playbooks.load()) if status else None,
+            links=LINKS if status else (),
         )
     except ValueError as exc:
         raise OptionError(str(exc)) from None
@@ -207,7 +221,7 @@ def running(
         raise ListenError(web.listen_address, reason) from None
     pipeline.scheduler.start()
     try:
-        yield Running(pipeline=pipeline, server=server, port=port)
+        yield Running(pipeline=pipeline, server=server, port=port, status=status)
     finally:
         server.stop()
         pipeline.scheduler.stop()
@@ -217,11 +231,26 @@ def read_web_config(path: Path | None) -> WebConfig | None:
     return load_web_config(path) if path else None
 
 
+STATUS_WITHOUT_AUTH = (
+    "--web.status serves session pids, client addresses and application names without basic "
+    "auth: add basic_auth_users to --web.config.file, or serve it on a private network only"
+)
+
+
+def status_warning(web: WebOptions, web_config: WebConfig | None) -> str | None:
+    """The warning ``run`` logs and ``check`` prints when the status page is on without auth."""
+    if web.status and not (web_config and web_config.basic_auth_users):
+        return STATUS_WITHOUT_AUTH
+    return None
+
+
 def serve(setup: Setup, web: WebOptions, *, on_ready: Callable[[int], None] | None = None) -> None:
     """Collect and serve until SIGINT or SIGTERM; SIGHUP re-reads the web config."""
     web_config = read_web_config(web.config_file)
     for warning in setup.warnings:
         logger.warning("%s", warning)
+    if (unprotected := status_warning(web, web_config)) is not None:
+        logger.warning("%s", unprotected)
     # Caught from before the server starts: a signal during start-up waits its turn, never kills.
     with caught_signals() as signals, running(setup, web, web_config=web_config) as up:
         logger.info(

@@ -197,6 +197,24 @@ def _parse_collection(options: dict[str, Any]) -> tuple[app.CollectionOptions, L
     return collection, LogOptions(level=options["log_level"], format=options["log_format"])
 
 
+_web_config_option = click.option(
+    "--web.config.file",
+    "web_config_file",
+    envvar="PGRB_WEB_CONFIG_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TLS and basic auth, in the Prometheus exporter-toolkit format.",
+)
+_web_status_option = click.option(
+    "--web.status",
+    "web_status",
+    envvar="PGRB_WEB_STATUS",
+    is_flag=True,
+    help="Serve /status, /status.json and /playbooks/. The status page shows session pids, "
+    "client addresses and application names: put it behind --web.config.file basic auth or "
+    "on a private network.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pg-runbook-exporter")
 def main() -> None:
@@ -221,13 +239,8 @@ def main() -> None:
     show_default=True,
     help="Path of the metrics.",
 )
-@click.option(
-    "--web.config.file",
-    "web_config_file",
-    envvar="PGRB_WEB_CONFIG_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TLS and basic auth, in the Prometheus exporter-toolkit format.",
-)
+@_web_config_option
+@_web_status_option
 def run(**options: Any) -> None:
     """Serve the checks' metrics, collected in the background."""
     collection, log = _parse_collection(options)
@@ -235,6 +248,7 @@ def run(**options: Any) -> None:
         listen_address=options["listen_address"],
         telemetry_path=options["telemetry_path"],
         config_file=options["web_config_file"],
+        status=options["web_status"],
     )
     redacting = _logging(log)
     with reported():
@@ -243,15 +257,19 @@ def run(**options: Any) -> None:
 
 @main.command()
 @_collection_options
+@_web_config_option
+@_web_status_option
 def check(**options: Any) -> None:
     """Validate the config, connect, run every check once and print a table."""
     collection, log = _parse_collection(options)
     redacting = _logging(log, quiet=True)
     with reported():
         setup = _prepared(collection, redacting)
+        web = app.WebOptions(config_file=options["web_config_file"], status=options["web_status"])
+        unprotected = app.status_warning(web, app.read_web_config(web.config_file))
         click.echo(f"config: {setup.config.path} ({len(setup.config.checks)} checks)")
         click.echo(f"database: {setup.target.display}")
-        for warning in setup.warnings:
+        for warning in (*setup.warnings, *([unprotected] if unprotected else [])):
             click.echo(f"warning: {warning}", err=True)
         lines = app.run_check(setup)
     click.echo(format_table(lines))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -21,26 +21,40 @@ from pg_runbook_exporter.state import CheckState, Snapshot
 Family = GaugeMetricFamily | CounterMetricFamily
 
 
-class Renderer:
-    """Renders snapshots into the exposition the web server serves; ``exposition`` is the last."""
+Listener = Callable[[Snapshot, int], None]
+"""Also renders each snapshot (the status page), given it and its generation."""
 
-    def __init__(self, *extra: Collector) -> None:
+
+class Renderer:
+    """Renders snapshots into the exposition the web server serves; ``exposition`` is the last.
+
+    Each render has a generation (1, 2, …); listeners render the same snapshot under the same
+    generation before the new exposition is published.
+    """
+
+    def __init__(self, *extra: Collector, listeners: tuple[Listener, ...] = ()) -> None:
         self._checks = SnapshotCollector()
         self._registry = CollectorRegistry(auto_describe=False)
         for collector in (self._checks, *extra):
             self._registry.register(collector)
         self._lock = threading.Lock()
+        self._listeners = listeners
+        self.generation = 0
         self.exposition: Exposition = EMPTY
 
     def publish(self, snapshot: Snapshot) -> Exposition:
         """Render ``snapshot``; serialised, so renders never interleave."""
         with self._lock:
+            generation = self.generation + 1
             self._checks.snapshot = snapshot
             try:
-                self.exposition = render(self._registry)
+                exposition = render(self._registry, generation)
             finally:
                 self._checks.snapshot = None
-            return self.exposition
+            for listener in self._listeners:
+                listener(snapshot, generation)
+            self.generation, self.exposition = generation, exposition
+            return exposition
 
 
 class SnapshotCollector(Collector):

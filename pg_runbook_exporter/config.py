@@ -17,6 +17,14 @@ from pg_runbook_exporter import selfmetrics
 from pg_runbook_exporter.backup.sources import SOURCES
 from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.sqlvet import vet
+from pg_runbook_exporter.status.rules import (
+    Offenders,
+    Rule,
+    load_chapter,
+    load_chapters,
+    load_offenders,
+    load_rules,
+)
 from pg_runbook_exporter.validation import Problems, UniqueKeyLoader
 
 MetricType = Literal["gauge", "counter"]
@@ -80,6 +88,9 @@ class Check:
     labels: tuple[str, ...]
     metrics: tuple[Metric, ...]
     source: str | None = None  # reads files (backup/sources.py) instead of running SQL
+    chapter: str = ""  # the runbook chapter the status page files it under
+    status: tuple[Rule, ...] = ()  # the thresholds the status page colours it at
+    offenders: Offenders | None = None  # its rows name sessions (the status page's offenders)
 
     def sql_for(self, major: int) -> str | None:
         """The SQL to run on this PostgreSQL major, or None when no variant covers it."""
@@ -108,6 +119,7 @@ class Config:
     namespace: str
     checks: tuple[Check, ...]
     settings: tuple[Setting, ...] = field(default=())
+    chapters: tuple[str, ...] = ()  # the runbook's chapters, in order (a check's `chapter`)
 
     def setting(self, name: str) -> SettingValue:
         for item in self.settings:
@@ -372,7 +384,8 @@ def _load_check(
     *,
     namespace: str,
     defaults: _Defaults,
-    settings: set[str],
+    settings: dict[str, SettingValue],
+    chapters: tuple[str, ...],
     problems: Problems,
 ) -> Check | None:
     path = f"checks.{name}"
@@ -390,6 +403,9 @@ def _load_check(
         "labels",
         "metrics",
         "source",
+        "chapter",
+        "status",
+        "offenders",
     }
     reads_files = isinstance(raw, dict) and "source" in raw
     data = problems.mapping(
@@ -397,7 +413,7 @@ def _load_check(
     )
     if not data:
         return None
-    source, variants = _load_statement(data, path, settings, problems)
+    source, variants = _load_statement(data, path, set(settings), problems)
     labels = data.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         problems.add(f"{path}.labels", "expected a list of column names")
@@ -445,6 +461,18 @@ def _load_check(
         labels=tuple(labels),
         metrics=metrics,
         source=source,
+        chapter=load_chapter(data.get("chapter"), f"{path}.chapter", chapters, problems),
+        status=load_rules(
+            data.get("status"),
+            f"{path}.status",
+            columns=tuple(m.column for m in metrics),
+            labels=tuple(labels),
+            settings=settings,
+            problems=problems,
+        ),
+        offenders=load_offenders(
+            data.get("offenders"), f"{path}.offenders", tuple(labels), problems
+        ),
     )
 
 
@@ -481,26 +509,30 @@ def parse_config(text: str, *, source: str = "queries.yaml", path: Path | None =
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{source}: {where}invalid YAML: {reason}"]) from None
-    data = problems.mapping(raw, "", {"namespace", "defaults", "settings", "checks"}, {"checks"})
+    data = problems.mapping(
+        raw, "", {"namespace", "defaults", "settings", "chapters", "checks"}, {"checks"}
+    )
     namespace = data.get("namespace", "pgrb")
     if not isinstance(namespace, str) or not _NAME.match(namespace):
         problems.add("namespace", f"not a valid metric prefix: {namespace!r}")
         namespace = "pgrb"
     defaults = _load_defaults(data.get("defaults"), problems)
     settings = _load_settings(data.get("settings"), problems)
+    chapters = load_chapters(data.get("chapters"), problems)
     checks: list[Check] = []
     raw_checks = data.get("checks")
     if "checks" in data and (not isinstance(raw_checks, dict) or not raw_checks):
         problems.add("checks", "expected a mapping of check name to check")
     elif isinstance(raw_checks, dict):
-        names = {s.name for s in settings}
+        values = {s.name: s.value for s in settings}
         for name, item in raw_checks.items():
             check = _load_check(
                 str(name),
                 item,
                 namespace=namespace,
                 defaults=defaults,
-                settings=names,
+                settings=values,
+                chapters=chapters,
                 problems=problems,
             )
             if check is not None:
@@ -509,7 +541,11 @@ def parse_config(text: str, *, source: str = "queries.yaml", path: Path | None =
     if problems.items:
         raise ConfigError(problems.items)
     return Config(
-        path=path or Path(source), namespace=namespace, checks=tuple(checks), settings=settings
+        path=path or Path(source),
+        namespace=namespace,
+        checks=tuple(checks),
+        settings=settings,
+        chapters=chapters,
     )
 
 

@@ -9,6 +9,7 @@ it as the least-privilege monitoring role.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import threading
 import time
@@ -195,10 +196,13 @@ def run(
             def announce(port: int) -> None:
                 say(
                     f"\n  metrics: http://127.0.0.1:{port}/metrics\n"
+                    f"  status:  http://127.0.0.1:{port}/status\n"
                     f"  seeded:  {ORPHANED_MAPPINGS} orphaned mappings, "
                     f"{DUPLICATE_WHMCS_IDS} duplicate WHMCS ids, "
                     f"{DUPLICATE_SF_IDS} duplicate Salesforce id, "
                     "1 failed migration\n  Ctrl-C stops and removes everything.\n"
                 )
 
-            app.serve(app.Setup(config=config, target=target), web, on_ready=announce)
+            # The demo's sessions are its own: the status page is on (on loopback only).
+            status_on = dataclasses.replace(web, status=True)
+            app.serve(app.Setup(config=config, target=target), status_on, on_ready=announce)

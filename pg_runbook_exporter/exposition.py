@@ -24,6 +24,7 @@ from pg_runbook_exporter.web.negotiation import (
 
 __all__ = [
     "EMPTY",
+    "GENERATION_HEADER",
     "OPENMETRICS_CONTENT_TYPE",
     "TEXT_CONTENT_TYPE",
     "Exposition",
@@ -36,6 +37,13 @@ __all__ = [
 # 0.8 ms and yields 18% of the input, level 6 takes 2.5x as long for 15%. Rendering the same
 # registry takes 5 / 34 ms, so either is cheap; the faster one keeps a check run's tail short.
 GZIP_LEVEL = 1
+# The response header that carries a render's snapshot generation: /metrics, /status and
+# /status.json of one generation were rendered from one snapshot.
+GENERATION_HEADER = "X-Snapshot-Generation"
+
+
+def generation_header(generation: int) -> bytes:
+    return f"{GENERATION_HEADER}: {generation}\r\n".encode()
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,12 @@ class Exposition:
     text_gzip: bytes
     openmetrics: bytes
     openmetrics_gzip: bytes
+    generation: int = 0  # counts renders; 0 before the first
+
+    @property
+    def headers(self) -> bytes:
+        """The generation header line, so a client can match /metrics with /status."""
+        return generation_header(self.generation)
 
     @property
     def bodies(self) -> tuple[bytes, bytes, bytes, bytes]:
@@ -65,7 +79,7 @@ def _compress(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def render(registry: Collector) -> Exposition:
+def render(registry: Collector, generation: int = 0) -> Exposition:
     """Collect `registry` twice (once per format) and build all four bodies."""
     text = text_format.generate_latest(registry)
     openmetrics = _generate_openmetrics(registry)
@@ -74,6 +88,7 @@ def render(registry: Collector) -> Exposition:
         text_gzip=_compress(text),
         openmetrics=openmetrics,
         openmetrics_gzip=_compress(openmetrics),
+        generation=generation,
     )
 
 

@@ -26,7 +26,7 @@ from pg_runbook_exporter.mixin.alertrules import (
     placeholders,
     rules,
 )
-from pg_runbook_exporter.mixin.options import MixinOptions
+from pg_runbook_exporter.mixin.options import DEFAULT_RUNBOOK_BASE_URL, MixinOptions
 
 DEFAULTS = MixinOptions()
 
@@ -174,6 +174,22 @@ def _dashboard_url(rule: AlertRule, base: str) -> str:
     return f"{base}{rule.dashboard}?{params}"
 
 
+EXPORTER_PLAYBOOKS = "/playbooks/"
+
+
+def runbook_url(rule: AlertRule, options: MixinOptions = DEFAULTS) -> str:
+    """``<base><AlertName>.md``; with a base that is an exporter's ``/playbooks/`` (served by
+    ``--web.status``), ``<base><AlertName>`` — except for the alerts on the exporter's own scrape
+    (their expression selects ``up{job=…}``), whose playbook a dead exporter cannot serve: they keep
+    the default base."""
+    base = options.runbook_base_url
+    if not base.endswith(EXPORTER_PLAYBOOKS):
+        return f"{base}{rule.name}.md"
+    if "${job}" in rule.expr:
+        return f"{DEFAULT_RUNBOOK_BASE_URL}{rule.name}.md"
+    return f"{base}{rule.name}"
+
+
 def render(rule: AlertRule, config: Config, options: MixinOptions = DEFAULTS) -> dict[str, Any]:
     """One rule as Prometheus reads it."""
     return {
@@ -185,7 +201,7 @@ def render(rule: AlertRule, config: Config, options: MixinOptions = DEFAULTS) ->
             "summary": fill(rule.summary, config, options),
             "description": fill(rule.description, config, options),
             **_diagnosis_annotations(rule, config, options),
-            "runbook_url": f"{options.runbook_base_url}{rule.name}.md",
+            "runbook_url": runbook_url(rule, options),
             "dashboard_url": _dashboard_url(rule, options.dashboard_base_url),
             "runbook_section": rule.runbook_section,
         },

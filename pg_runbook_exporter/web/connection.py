@@ -318,6 +318,12 @@ class Connection(asyncio.Protocol):
             self.transport.write(response)
             if close:
                 self.finish()
+        elif path in settings.pages:
+            page = settings.pages[path]()
+            self.respond(
+                200, page.body, close=close, head=head, extra=page.headers,
+                content_type=page.content_type,
+            )  # fmt: skip
         elif path == b"/healthz":
             self.respond(200, b"ok\n", close=close, head=head)
         elif path == b"/readyz":

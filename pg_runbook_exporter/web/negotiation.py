@@ -29,7 +29,11 @@ class Variant(enum.IntEnum):
 
 
 class Bodies(Protocol):
-    """What the server serves on /metrics: a body per variant, built before any request asks."""
+    """What the server serves on /metrics: a body per variant, built before any request asks,
+    and the header lines (each ending in CRLF) its responses carry besides the usual ones."""
+
+    @property
+    def headers(self) -> bytes: ...
 
     def body(self, variant: Variant) -> bytes: ...
 

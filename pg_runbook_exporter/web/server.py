@@ -22,6 +22,7 @@ from pg_runbook_exporter import __version__
 from pg_runbook_exporter.web.connection import Connection
 from pg_runbook_exporter.web.limits import Limits, fit_descriptors, raise_descriptor_limit
 from pg_runbook_exporter.web.negotiation import Bodies
+from pg_runbook_exporter.web.pages import Pages
 from pg_runbook_exporter.web.settings import Settings, build_settings, check_telemetry_path
 from pg_runbook_exporter.web.shared import Shared
 from pg_runbook_exporter.web.webconfig import WebConfig
@@ -70,11 +71,12 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 
 class WebServer:
-    """Serves `/metrics`, `/`, `/healthz` and `/readyz` from a thread of its own.
+    """Serves `/metrics`, `/`, `/healthz`, `/readyz` and the given pages from a thread of its own.
 
     `get_exposition` and `ready` are called on the server's thread for every request that needs
     them: they must only read state the collection side publishes (an attribute read), never block.
     `limits` are the defaults; a web config's `limits` section overrides them key by key.
+    `pages` are the application's own paths (see `web/pages.py`), `links` what `/` lists of them.
     """
 
     def __init__(
@@ -89,8 +91,12 @@ class WebServer:
         version: str = __version__,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pages: Pages | None = None,
+        links: tuple[tuple[str, str], ...] = (),
     ) -> None:
         check_telemetry_path(telemetry_path)
+        self._pages = dict(pages or {})
+        self._links = links
         self.host, self.port = parse_listen_address(listen_address)
         self.web_config = web_config
         self._get_exposition = get_exposition
@@ -115,6 +121,8 @@ class WebServer:
             limits=fit_descriptors(limits, self._descriptors),
             clock=self._clock,
             web_config=web_config,
+            pages=self._pages,
+            links=self._links,
         )
 
     def start(self) -> int:

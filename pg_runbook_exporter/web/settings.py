@@ -7,13 +7,13 @@ TLS connection keeps the certificate it was accepted with.
 
 from __future__ import annotations
 
-import html
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from pg_runbook_exporter.web.auth import BasicAuthenticator
 from pg_runbook_exporter.web.limits import Limits
+from pg_runbook_exporter.web.pages import Pages, PageSource, check_paths, landing_page
 from pg_runbook_exporter.web.tlsconfig import TLSServerConfig
 from pg_runbook_exporter.web.webconfig import RateLimit, WebConfig
 
@@ -36,6 +36,8 @@ class Settings:
     authenticator: BasicAuthenticator | None = None
     ssl_context: ssl.SSLContext | None = None
     tls: TLSServerConfig | None = None
+    pages: Mapping[bytes, PageSource] = field(default_factory=dict)
+    """The application's pages, by exact path."""
 
 
 def check_telemetry_path(telemetry_path: str) -> None:
@@ -51,15 +53,29 @@ def build_settings(
     limits: Limits,
     clock: Callable[[], float],
     web_config: WebConfig | None,
+    pages: Pages | None = None,
+    links: tuple[tuple[str, str], ...] = (),
 ) -> Settings:
-    """Settings for `web_config` with `limits`; reads the TLS files now."""
+    """Settings for `web_config` with `limits`; reads the TLS files now.
+
+    `pages` are served at their exact paths; `links` (path, what it is) are listed on `/` after
+    the metrics' and before the health endpoints'.
+    """
     check_telemetry_path(telemetry_path)
+    pages = pages or {}
+    check_paths(pages, (telemetry_path.encode(), *RESERVED_PATHS))
     headers = web_config.headers if web_config else ()
+    landing_links = (
+        (telemetry_path, "metrics"),
+        *links,
+        ("/healthz", "liveness"),
+        ("/readyz", "readiness"),
+    )
     return Settings(
         telemetry_path=telemetry_path.encode(),
-        paths=frozenset({telemetry_path.encode(), *RESERVED_PATHS}),
+        paths=frozenset({telemetry_path.encode(), *RESERVED_PATHS, *(p.encode() for p in pages)}),
         realm=f'WWW-Authenticate: Basic realm="{name}", charset="UTF-8"\r\n'.encode(),
-        landing=_landing_page(name, version, telemetry_path),
+        landing=landing_page(name, version, landing_links),
         limits=limits,
         clock=clock,
         extra_headers=b"".join(f"{key}: {value}\r\n".encode() for key, value in headers),
@@ -71,16 +87,5 @@ def build_settings(
         ),
         ssl_context=web_config.ssl_context() if web_config else None,
         tls=web_config.tls if web_config else None,
+        pages={path.encode(): source for path, source in pages.items()},
     )
-
-
-def _landing_page(name: str, version: str, telemetry_path: str) -> bytes:
-    name, version, path = (html.escape(s) for s in (name, version, telemetry_path))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{name}</title></head>
-<body><h1>{name}</h1><p>Version {version}</p><ul>
-<li><a href="{path}">{path}</a> metrics</li>
-<li><a href="/healthz">/healthz</a> liveness</li>
-<li><a href="/readyz">/readyz</a> readiness</li>
-</ul></body></html>
-""".encode()

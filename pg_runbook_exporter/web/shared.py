@@ -193,7 +193,7 @@ class Shared:
         entry = self.prepared[index]
         if entry is None or entry[0] is not self.date:
             body = exposition.body(variant)
-            extra = _VARY + _GZIP if variant.gzipped else _VARY
+            extra = (_VARY + _GZIP if variant.gzipped else _VARY) + exposition.headers
             response = self.head(
                 200, variant.content_type.encode(), len(body), close=close, extra=extra
             )

@@ -18,6 +18,7 @@ from pg_runbook_exporter.config import Check, Config, Setting, load_config
 from pg_runbook_exporter.database_url import parse_database_url
 from pg_runbook_exporter.scheduler import Scheduler
 from pg_runbook_exporter.state import CheckState, ResultCache
+from pg_runbook_exporter.status.publish import StatusPages
 
 LabelSet = frozenset[tuple[str, str]]
 # The checks that read backup files, not the database: skipped without --backup.dir.
@@ -144,6 +145,11 @@ class Serving:
     cache: ResultCache
     scheduler: Scheduler
     port: int
+    status: StatusPages | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def state(self, name: str) -> CheckState:
         return state_of(self.cache, name)
@@ -156,10 +162,19 @@ class Serving:
 
 
 @contextlib.contextmanager
-def serving(dsn: str, config: Config, *, connections: int = 1) -> Iterator[Serving]:
+def serving(
+    dsn: str, config: Config, *, connections: int = 1, status: bool = False
+) -> Iterator[Serving]:
+    """The exporter as ``run`` serves it; ``status``: with ``--web.status``."""
     setup = app.Setup(config=config, target=parse_database_url(dsn), connections=connections)
-    with app.running(setup, app.WebOptions(listen_address="127.0.0.1:0")) as up:
-        yield Serving(cache=up.pipeline.cache, scheduler=up.pipeline.scheduler, port=up.port)
+    web = app.WebOptions(listen_address="127.0.0.1:0", status=status)
+    with app.running(setup, web) as up:
+        yield Serving(
+            cache=up.pipeline.cache,
+            scheduler=up.pipeline.scheduler,
+            port=up.port,
+            status=up.status,
+        )
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "it") -> None:

@@ -49,7 +49,7 @@ BASE_HOOKS = (
 ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 IMAGE = "localhost/pg-runbook-exporter:test"
 # What .containerignore lets into the build context.
-CONTEXT = ("pyproject.toml", "README.md", "pg_runbook_exporter")
+CONTEXT = ("pyproject.toml", "README.md", "pg_runbook_exporter", "docs/alerts")
 DEBIAN_PACKAGES = "podman, runc, mmdebstrap"
 
 

@@ -40,7 +40,7 @@ class Sessions:
     def close(self) -> None:
         # End the backends from the server side, wait for the threads using them to see it, and
         # only then close: closing a connection another thread is using is not safe.
-        pids = [conn.info.backend_pid for conn in self.conns]
+        pids = [conn.info.backend_pid for conn in self.conns if not conn.closed]  # twice is fine
         with psycopg.connect(self.dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
         for thread in self.threads:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import bcrypt
 import psycopg.conninfo
 import pytest
 
-from pg_runbook_exporter.app import CollectionOptions, database_target
+from pg_runbook_exporter.app import (
+    STATUS_WITHOUT_AUTH,
+    CollectionOptions,
+    WebOptions,
+    database_target,
+    status_warning,
+)
 from pg_runbook_exporter.errors import OptionError
+from pg_runbook_exporter.web.webconfig import load_web_config
 
 URL = "postgresql://m:Cmdl1ne-secret@h/db"
 
@@ -89,3 +97,12 @@ def test_a_world_readable_secret_file_is_warned_about_and_a_group_readable_one_i
         f" chmod o-r {password_file}",
     ]
     assert list(warnings) == (expected if warned else [])
+
+
+def test_the_status_page_without_basic_auth_is_warned_about(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(f"basic_auth_users:\n  ops: '{hashed}'\n", encoding="utf-8")
+    assert status_warning(WebOptions(status=True), None) == STATUS_WITHOUT_AUTH
+    assert status_warning(WebOptions(status=True), load_web_config(web_config)) is None
+    assert status_warning(WebOptions(status=False), None) is None

@@ -90,8 +90,9 @@ def test_every_problem_is_reported_with_its_dotted_path() -> None:
         """
     )
     assert problems == [
-        "q.yaml: checks.locks.colour: unknown key (expected one of: help, interval, labels, "
-        "lock_timeout, max_series, metrics, requires, source, sql, stale_intervals, timeout)",
+        "q.yaml: checks.locks.colour: unknown key (expected one of: chapter, help, interval, "
+        "labels, lock_timeout, max_series, metrics, offenders, requires, source, sql, "
+        "stale_intervals, status, timeout)",
         "q.yaml: checks.locks.metrics.n.type: expected gauge or counter, got 'histogram'",
         "q.yaml: checks.locks.interval: expected a duration such as 15s, 100ms or 5m, got 'often'",
         "q.yaml: checks.sizes.help: missing required key",

@@ -1,0 +1,1 @@
+"""The status page, its JSON twin and the playbooks, rendered from the checks' snapshots."""
