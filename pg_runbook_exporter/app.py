@@ -23,7 +23,7 @@ from types import FrameType
 import psycopg.conninfo
 from prometheus_client import ProcessCollector
 
-from pg_runbook_exporter import __version__
+from pg_runbook_exporter import __version__, diagnose
 from pg_runbook_exporter.backup.sources import BackupOptions, FileReader
 from pg_runbook_exporter.collector import Renderer
 from pg_runbook_exporter.config import Config, load_config
@@ -317,3 +317,13 @@ def run_check(setup: Setup) -> list[Line]:
         pipeline.scheduler.stop()
     role = role_of(setup.target) or os.environ.get("PGUSER") or "<exporter role>"
     return [describe(state, role) for state in pipeline.cache.snapshot().states]
+
+
+# -- the diagnose command -------------------------------------------------------------------
+
+
+def run_diagnose(setup: Setup, alert: str, labels: dict[str, str]) -> diagnose.Report:
+    """Run ``alert``'s diagnosis once; raises ``DiagnoseError`` before connecting when it has none
+    or a label is missing."""
+    diagnose.diagnosis_of(alert, labels)
+    return diagnose.run(setup.config, setup.target, alert, labels)

@@ -1,4 +1,4 @@
-"""Command line: ``pg-runbook-exporter run | check | demo | generate``, flags in the exporter style.
+"""Command line: ``pg-runbook-exporter run | check | diagnose | demo | generate | verify-backup``.
 
 Flags become typed, frozen option objects; logging is set up before anything that can log; the
 work is ``app.py``'s. This is the one place that maps errors to exit statuses: an ``ExporterError``
@@ -24,9 +24,11 @@ from pg_runbook_exporter import __version__, app
 from pg_runbook_exporter.backup.files import DEFAULT_PATTERN
 from pg_runbook_exporter.backup.sources import BackupOptions
 from pg_runbook_exporter.config import load_config
+from pg_runbook_exporter.diagnose import format_report, parse_labels
 from pg_runbook_exporter.errors import (
     ConfigError,
     DatabaseUrlError,
+    DiagnoseError,
     ExporterError,
     OptionError,
     WebConfigError,
@@ -36,7 +38,7 @@ from pg_runbook_exporter.report import format_table, summary
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-CONFIG_ERRORS = (ConfigError, WebConfigError, DatabaseUrlError, OptionError)
+CONFIG_ERRORS = (ConfigError, WebConfigError, DatabaseUrlError, OptionError, DiagnoseError)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -255,6 +257,33 @@ def check(**options: Any) -> None:
     click.echo(format_table(lines))
     click.echo(f"\n{summary(lines)}")
     sys.exit(EXIT_FAILED if any(x.failed for x in lines) else 0)
+
+
+@main.command()
+@click.argument("alertname")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A label of the firing alert the diagnosis needs (bound as a parameter, never in SQL).",
+)
+@_collection_options
+def diagnose(alertname: str, labels: tuple[str, ...], **options: Any) -> None:
+    """Run ALERTNAME's diagnosis SQL (read-only) and print the rows and their fix, never run it.
+
+    Exits 0 when it finds something, 1 when it finds nothing (or the database fails), 2 for an
+    unknown alert, one without a database diagnosis, or a missing label."""
+    collection, log = _parse_collection(options)
+    redacting = _logging(log, quiet=True)
+    with reported():
+        parsed = parse_labels(labels)
+        setup = _prepared(collection, redacting)
+        for warning in setup.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        report = app.run_diagnose(setup, alertname, parsed)
+    click.echo(format_report(report))
+    sys.exit(0 if report.found else EXIT_FAILED)
 
 
 class WingDefault(click.Option):

@@ -72,6 +72,11 @@ class OptionError(ExporterError):
     """A command-line option (or the file it names) that cannot be used."""
 
 
+class DiagnoseError(ExporterError):
+    """``diagnose`` cannot run: no such alert, one without a database diagnosis, or a label
+    missing or unknown."""
+
+
 class ListenError(ExporterError):
     """The web server could not bind its address."""
 

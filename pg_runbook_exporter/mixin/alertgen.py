@@ -15,6 +15,7 @@ import yaml
 
 from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.errors import ConfigError
+from pg_runbook_exporter.mixin import offenders
 from pg_runbook_exporter.mixin.alertrules import (
     ALERTS_FILE,
     OPTIONS,
@@ -130,8 +131,41 @@ def check_settings(config: Config) -> None:
                         f"{ALERTS_FILE}: {rule.source}.{key}: ${{{name}}} names no numeric "
                         f"setting of {config.path}"
                     )
+        for name in rule.diagnosis.settings_used() if rule.diagnosis else ():
+            if _numeric(config, name) is None:
+                problems.append(
+                    f"{ALERTS_FILE}: alerts.{rule.name}.diagnosis.sql: %({name})s is neither "
+                    f"one of its labels nor a numeric setting of {config.path}"
+                )
     if problems:
         raise ConfigError(sorted(set(problems)))
+
+
+def setting_text(config: Config) -> Callable[[str], str]:
+    """A setting's number as the SQL of a page's ``diagnose`` shows it."""
+
+    def text(name: str) -> str:
+        number = _numeric(config, name)
+        if number is None:
+            raise ValueError(f"%({name})s: no numeric setting {name} in {config.path}")
+        return _number(number)
+
+    return text
+
+
+def _diagnosis_annotations(
+    rule: AlertRule, config: Config, options: MixinOptions
+) -> dict[str, str]:
+    """culprit, diagnose, fix and do_not: what the page says about the cause and the way out."""
+    found = {}
+    if rule.culprit is not None:
+        found["culprit"] = fill(offenders.go_culprit(rule.culprit), config, options)
+    if rule.diagnosis is not None:
+        found["diagnose"] = offenders.go_diagnose(rule.diagnosis, setting_text(config))
+        found["fix"] = fill(offenders.go_fix(rule.diagnosis, rule.culprit), config, options)
+        if rule.diagnosis.do_not is not None:
+            found["do_not"] = fill(rule.diagnosis.do_not, config, options)
+    return found
 
 
 def _dashboard_url(rule: AlertRule, base: str) -> str:
@@ -150,6 +184,7 @@ def render(rule: AlertRule, config: Config, options: MixinOptions = DEFAULTS) ->
         "annotations": {
             "summary": fill(rule.summary, config, options),
             "description": fill(rule.description, config, options),
+            **_diagnosis_annotations(rule, config, options),
             "runbook_url": f"{options.runbook_base_url}{rule.name}.md",
             "dashboard_url": _dashboard_url(rule, options.dashboard_base_url),
             "runbook_section": rule.runbook_section,

@@ -16,7 +16,11 @@ from typing import Any, Literal, cast, get_args
 
 import yaml
 
+from pg_runbook_exporter import playbook
 from pg_runbook_exporter.errors import ConfigError
+from pg_runbook_exporter.mixin import offenders
+from pg_runbook_exporter.mixin.offenders import Culprit
+from pg_runbook_exporter.playbook import Diagnosis
 from pg_runbook_exporter.validation import Problems, UniqueKeyLoader
 
 ALERTS_FILE = Path(__file__).with_name("alerts.yaml")
@@ -63,6 +67,8 @@ class Alert:
     description: str | None = None
     dashboard: str | None = None
     dashboard_vars: tuple[str, ...] = ()
+    culprit: Culprit | None = None  # the offender series its page names (offenders.py)
+    diagnosis: object = None  # read by playbook.py, the runtime's reader of this file
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class AlertRule:
     dashboard: str  # uid of the board in dashboards/ that its dashboard_url opens
     dashboard_vars: tuple[str, ...]  # labels passed besides job and instance, as var-<label>
     source: str  # where alerts.yaml declares it: alerts.<name>.severities.<severity>
+    culprit: Culprit | None = None
+    diagnosis: Diagnosis | None = None
 
 
 def placeholders(text: str) -> Iterator[tuple[str, str | None]]:
@@ -197,10 +205,14 @@ def load(path: Path = ALERTS_FILE) -> AlertFile:
         if any(a.alert == name for a in alerts):
             problems.add(where, "a second entry of this name: give it one entry, its severities")
         known = len(problems.items)
-        tiers = {}
+        tiers, built = {}, {}
         if isinstance(entry, dict) and "severities" in entry:
             tiers = _tiers(entry["severities"], f"{where}.severities", problems)
-        alert = _record(Alert, entry, where, problems, severities=tiers)
+        if isinstance(entry, dict) and "culprit" in entry:
+            built["culprit"] = offenders.parse(entry["culprit"], f"{where}.culprit", problems)
+        if isinstance(entry, dict):
+            built["diagnosis"] = entry.get("diagnosis")
+        alert = _record(Alert, entry, where, problems, severities=tiers, **built)
         if alert is not None and len(problems.items) == known:  # well-formed: check the meaning
             _check(alert, where, groups, problems)
             alerts.append(alert)
@@ -225,6 +237,7 @@ def _named(text: str, threshold: str | None) -> str:
 def rules(path: Path = ALERTS_FILE) -> tuple[AlertRule, ...]:
     """Every rule of alerts.yaml in file order, a pair's severities in the order written."""
     data = load(path)
+    diagnoses = playbook.load(path)
     flat = []
     for alert in data.alerts:
         for severity, tier in alert.severities.items():
@@ -242,6 +255,8 @@ def rules(path: Path = ALERTS_FILE) -> tuple[AlertRule, ...]:
                     dashboard=alert.dashboard or data.groups[alert.group],
                     dashboard_vars=alert.dashboard_vars,
                     source=f"alerts.{alert.alert}.severities.{severity}",
+                    culprit=alert.culprit,
+                    diagnosis=diagnoses.get(alert.alert),
                     **texts,
                 )
             )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertgen, dashgen, docgen, kubernetes, ruletests
+from pg_runbook_exporter.mixin import alertgen, dashgen, docgen, kubernetes, playbooks, ruletests
 from pg_runbook_exporter.mixin.options import MixinOptions
 
 README = "README.md"
@@ -30,6 +30,7 @@ GENERATORS: tuple[tuple[str, Generator], ...] = (
 # (section of the README between <!-- begin NAME --> and <!-- end NAME -->, its Markdown)
 README_SECTIONS: tuple[tuple[str, Callable[[Config, MixinOptions], str]], ...] = (
     ("alerts", alertgen.alerts_markdown),
+    ("page", playbooks.readme_page),
     ("dashboards", dashgen.dashboards_markdown),
 )
 
@@ -40,13 +41,13 @@ class Drift:
     reason: str
 
 
-def replace_section(text: str, name: str, body: str) -> str:
+def replace_section(text: str, name: str, body: str, where: str = README) -> str:
     """Replace what stands between ``<!-- begin NAME -->`` and ``<!-- end NAME -->``."""
     pattern = re.compile(
         rf"(<!-- begin {re.escape(name)} -->\n).*?(<!-- end {re.escape(name)} -->)", re.DOTALL
     )
     if not pattern.search(text):
-        raise ValueError(f"{README} has no '<!-- begin {name} -->' … '<!-- end {name} -->' section")
+        raise ValueError(f"{where} has no '<!-- begin {name} -->' … '<!-- end {name} -->' section")
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
 
 
@@ -63,6 +64,13 @@ def outputs(config: Config, *, root: Path, options: MixinOptions | None = None) 
         for name, section in README_SECTIONS:
             readme = replace_section(readme, name, section(config, options))
         files[README] = readme
+    for alert, parts in playbooks.sections(config, options).items():
+        path = f"{playbooks.PLAYBOOKS}/{alert}.md"
+        if (root / path).is_file():  # a checkout's playbooks, written by hand around the sections
+            text = (root / path).read_text(encoding="utf-8")
+            for name, body in parts.items():
+                text = replace_section(text, name, body, path)
+            files[path] = text
     return files
 
 

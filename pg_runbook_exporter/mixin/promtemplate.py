@@ -69,7 +69,7 @@ def _humanize_duration(value: float) -> str:
     return f"{_g4(value)}s"
 
 
-_FUNCTIONS: dict[str | None, Callable[[float], str]] = {
+FUNCTIONS: dict[str | None, Callable[[float], str]] = {
     None: _go_float,
     "humanize": _humanize,
     "humanize1024": _humanize1024,
@@ -100,7 +100,7 @@ def _queried(match: re.Match[str], found: Mapping[str, Series]) -> str:
     def action(inner: re.Match[str]) -> str:
         if inner.group(2) is not None:
             return labels.get(inner.group(2), "")
-        return _FUNCTIONS[inner.group(3)](value)
+        return FUNCTIONS[inner.group(3)](value)
 
     return _FOUND.sub(action, match.group(2))
 
@@ -125,9 +125,9 @@ def render(
             if function is not None:
                 raise ValueError(f"{function} on a label is not rendered here: {template}")
             return text
-        if function not in _FUNCTIONS:
+        if function not in FUNCTIONS:
             raise ValueError(f"{function} on $value is not rendered here: {template}")
-        return _FUNCTIONS[function](value)
+        return FUNCTIONS[function](value)
 
     rendered = _ACTION.sub(action, template)
     if "{{" in rendered or re.search(r"\{ *\$", rendered):

@@ -39,6 +39,10 @@ class Example:
     interval: str = "1m"
 
 
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -68,7 +72,7 @@ class Book:
         name, _, rest = selector.partition("{")
         name = re.sub(r"^pgrb_", f"{self.config.namespace}_", name)  # as the rules are renamed
         inner = rest.rstrip("}")
-        extra = ",".join(f'{k}="{v}"' for k, v in {**self.target, **labels}.items())
+        extra = ",".join(f'{k}="{_escaped(v)}"' for k, v in {**self.target, **labels}.items())
         return f"{name}{{{inner + ',' if inner else ''}{extra}}}"
 
     def fired(self, severity: str, value: float, **labels: str) -> Fired:
@@ -96,3 +100,47 @@ class Book:
     def ages(self, metric: str, age: float, at_s: float) -> dict[str, str]:
         """A timestamp metric that is ``age`` seconds old at ``at_s``."""
         return {metric: const(at_s - age, 80)}
+
+
+def seconds(duration: str) -> float:
+    """A promtool duration (``10m``, ``1200s``, ``2h``) in seconds."""
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+)([smhd])", duration):
+        total += int(amount) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    return total
+
+
+def _expanded(values: str) -> list[float | None]:
+    """promtool's expanding notation (``1x3``, ``0+5x4``, ``_x2``, ``stale``) as samples."""
+    samples: list[float | None] = []
+    for token in values.split():
+        match = re.fullmatch(r"(_|[-+\deE.]+?)(?:([-+][\deE.]+))?(?:x(\d+))?", token)
+        if match is None:
+            raise ValueError(f"series values {values!r}: {token!r} is not rendered here")
+        start, step, times = match.group(1), match.group(2), match.group(3)
+        count = int(times) + 1 if times is not None else 1
+        if start == "_":
+            samples += [None] * (count - 1 if times is not None else 1)
+            continue
+        delta = float(step) if step else 0.0
+        samples += [float(start) + delta * i for i in range(count)]
+    return samples
+
+
+def samples_at(example: Example) -> list[tuple[str, dict[str, str], float]]:
+    """Every input series of ``example`` with its value at the evaluation time (5 min lookback)."""
+    at, step = seconds(example.at), seconds(example.interval)
+    found = []
+    for selector, values in example.series.items():
+        name, _, rest = selector.partition("{")
+        pairs = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest)
+        labels = {k: re.sub(r"\\(.)", r"\1", v) for k, v in pairs}
+        samples = _expanded(values)
+        index = min(int(at // step), len(samples) - 1)
+        while index >= 0 and samples[index] is None:
+            index -= 1
+        if index >= 0 and at - index * step <= 300:
+            value = samples[index]
+            assert value is not None
+            found.append((name, labels, value))
+    return found

@@ -11,6 +11,7 @@ from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.mixin.options import MixinOptions
 from pg_runbook_exporter.mixin.rulebackups import backups
 from pg_runbook_exporter.mixin.rulebook import Book, Example, const, number
+from pg_runbook_exporter.mixin.ruleoffenders import offenders
 
 GIB = 1024**3
 # A VACUUM FULL holding its lock while sessions queue (the maintenance check's labels)
@@ -379,6 +380,16 @@ def _integrity(b: Book) -> None:
 def examples(config: Config, options: MixinOptions) -> list[Example]:
     """Every example, alert group by alert group, for the target ``options`` describe."""
     book = Book(config, options)
-    for group in (_availability, _connections, _maintenance, _wal, _disk, _integrity, backups):
+    groups = (
+        _availability,
+        _connections,
+        offenders,
+        _maintenance,
+        _wal,
+        _disk,
+        _integrity,
+        backups,
+    )
+    for group in groups:
         group(book)
     return book.examples

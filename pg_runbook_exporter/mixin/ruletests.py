@@ -10,15 +10,16 @@ take seconds for nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from pg_runbook_exporter.config import Config
-from pg_runbook_exporter.mixin import alertgen
-from pg_runbook_exporter.mixin.alertrules import RULES_FILE
+from pg_runbook_exporter.mixin import alertgen, offenders
+from pg_runbook_exporter.mixin.alertrules import RULES_FILE, AlertRule, rules
 from pg_runbook_exporter.mixin.options import MixinOptions
 from pg_runbook_exporter.mixin.promtemplate import render
-from pg_runbook_exporter.mixin.rulebook import Example
+from pg_runbook_exporter.mixin.rulebook import Example, Fired, samples_at, seconds
 from pg_runbook_exporter.mixin.ruleexamples import examples
 
 TESTS_DIR = "tests"
@@ -30,14 +31,41 @@ HEADER = (
 )
 
 Rules = Mapping[tuple[str, str], Mapping[str, Any]]
+_SOURCES: dict[tuple[str, str], AlertRule] = {(r.name, r.severity): r for r in rules()}
 
 
-def _expected(example: Example, rules: Rules) -> list[dict[str, Any]]:
+def _diagnosis(rule: AlertRule, example: Example, fired: Fired, config: Config) -> dict[str, str]:
+    """What the culprit, diagnose, fix and do_not annotations say, from the example's series."""
+    rename = lambda name: alertgen.fill(name, config)  # noqa: E731
+    scene = offenders.Scene(samples_at(example), seconds(example.at), fired.labels, rename)
+    said = {}
+    if rule.culprit is not None:
+        culprit = rule.culprit
+        filled = {k: alertgen.fill(getattr(culprit, k), config)
+                  for k in ("text", "none", "intro", "separator")}  # fmt: skip
+        culprit = dataclasses.replace(
+            culprit, text=filled["text"], none=filled["none"], intro=filled["intro"],
+            separator=filled["separator"],
+        )  # fmt: skip
+        said["culprit"] = offenders.say_culprit(culprit, scene)
+    if rule.diagnosis is not None:
+        settings = alertgen.setting_text(config)
+        said["diagnose"] = offenders.say_diagnose(rule.diagnosis, fired.labels, settings)
+        said["fix"] = alertgen.fill(offenders.say_fix(rule.diagnosis, rule.culprit, scene), config)
+        if rule.diagnosis.do_not is not None:
+            said["do_not"] = alertgen.fill(rule.diagnosis.do_not, config)
+    return said
+
+
+def _expected(example: Example, rules: Rules, config: Config) -> list[dict[str, Any]]:
     alerts = []
     for fired in example.fires:
         rule = rules[(example.alert, fired.severity)]
+        said = _diagnosis(_SOURCES[(example.alert, fired.severity)], example, fired, config)
         annotations = {
-            key: render(text, labels=fired.labels, value=fired.value, found=fired.found)
+            key: said[key]
+            if key in said
+            else render(text, labels=fired.labels, value=fired.value, found=fired.found)
             for key, text in rule["annotations"].items()
         }
         labels = {**fired.labels, "severity": fired.severity}
@@ -45,7 +73,7 @@ def _expected(example: Example, rules: Rules) -> list[dict[str, Any]]:
     return alerts
 
 
-def _test(example: Example, rules: Rules) -> dict[str, Any]:
+def _test(example: Example, rules: Rules, config: Config) -> dict[str, Any]:
     return {
         "name": f"{example.alert}: {example.name}",
         "interval": example.interval,
@@ -54,27 +82,49 @@ def _test(example: Example, rules: Rules) -> dict[str, Any]:
             {
                 "eval_time": example.at,
                 "alertname": example.alert,
-                "exp_alerts": _expected(example, rules),
+                "exp_alerts": _expected(example, rules, config),
             }
         ],
     }
 
 
-def generate(config: Config, options: MixinOptions) -> dict[str, str]:
-    """Relative path (under alerts/) → promtool test file."""
+def _rendered(config: Config, options: MixinOptions) -> Rules:
     document = alertgen.document(config, options)
-    rules = {
+    return {
         (rule["alert"], rule["labels"]["severity"]): rule
         for group in document["groups"]
         for rule in group["rules"]
     }
+
+
+def pages(config: Config, options: MixinOptions) -> dict[str, tuple[Example, dict[str, Any]]]:
+    """Alert → an example where it fires (one naming its culprit when there is one) and what
+    its page says there: the alert's labels and annotations, as promtool expects them."""
+    rules = _rendered(config, options)
+    found: dict[str, tuple[Example, dict[str, Any]]] = {}
+    named: set[str] = set()
+    for example in examples(config, options):
+        alerts = _expected(example, rules, config)
+        if not alerts or example.alert in named:
+            continue
+        culprit = alerts[0]["exp_annotations"].get("culprit", "")
+        if culprit and not culprit.startswith("the exporter names no"):
+            named.add(example.alert)
+            found[example.alert] = (example, alerts[0])
+        found.setdefault(example.alert, (example, alerts[0]))
+    return found
+
+
+def generate(config: Config, options: MixinOptions) -> dict[str, str]:
+    """Relative path (under alerts/) → promtool test file."""
+    rules = _rendered(config, options)
     found = examples(config, options)
     files = {}
     for interval in sorted({e.interval for e in found}):
         tests = {
             "rule_files": [f"../{RULES_FILE}"],  # promtool reads it relative to this file
             "evaluation_interval": interval,
-            "tests": [_test(e, rules) for e in found if e.interval == interval],
+            "tests": [_test(e, rules, config) for e in found if e.interval == interval],
         }
         files[f"{TESTS_DIR}/every-{interval}.test.yml"] = HEADER + alertgen.dump(tests)
     return files

@@ -34,6 +34,7 @@ from tests.support.stack import (
     JOB,
     ExporterProcess,
     PrometheusStack,
+    example_alertmanager_config,
     fast_config,
     prometheus_stack,
     require_tool,
@@ -338,24 +339,6 @@ def test_every_metric_an_alert_uses_is_exported_with_the_right_type(
 # -- end to end ---------------------------------------------------------------------------------
 
 
-def _test_alertmanager_config(webhook_url: str) -> str:
-    """The example config, receivers pointed at the webhook (path = receiver), waits shortened."""
-    config = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
-    for receiver in config["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = f"{webhook_url}/{receiver['name']}"
-
-    def shorten(route: dict[str, Any]) -> None:
-        # 1 s leaves the inhibitor time to see a page that arrived in the same batch as its ticket
-        route.update(group_wait="1s", group_interval="1s")
-        route.pop("mute_time_intervals", None)  # the test may run inside the maintenance window
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(config["route"])
-    return yaml.safe_dump(config, sort_keys=False)
-
-
 def _inhibited(stack: PrometheusStack, alertname: str) -> list[dict[str, Any]]:
     assert stack.alertmanager is not None
     return [
@@ -376,7 +359,7 @@ def test_orphaned_mappings_page_then_database_down_silences_the_rest(
         tmp_path / "stack",
         database_url=db.monitor_dsn,
         rule_files=[rule_file],
-        alertmanager_config=_test_alertmanager_config,
+        alertmanager_config=example_alertmanager_config,
     ) as stack:
         assert stack.webhook is not None
         instance = stack.exporter.address

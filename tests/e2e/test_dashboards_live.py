@@ -48,7 +48,7 @@ from tests.support.stack import (
     prometheus_stack,
     wait_until,
 )
-from tests.unit.test_dashboards import data_panels, metric_names, substitute, variable_selector
+from tests.unit.test_mixin_dashgen import data_panels, metric_names, substitute, variable_selector
 
 E2E_MAJOR = 18
 # Grafana's $__rate_interval for a 1 s scrape interval: four scrapes.

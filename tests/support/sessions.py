@@ -4,6 +4,7 @@ the concurrent index builds they leave behind: one failed, one parked."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Any
 
@@ -81,3 +82,40 @@ def park_a_build(sessions: Sessions, index: str, table: str, column: str) -> int
 
     wait_for(parked, what=f"{index} to wait for old snapshots")
     return pid
+
+
+def lock_chain(sessions: Sessions, dsn: str, *, marker: str = "lock-chain") -> tuple[int, str]:
+    """The runbook's blocked page, for real: a session of application ``portal-bff`` updates one
+    id_mappings row and stays idle in its transaction; two more sessions update the same row (the
+    first waits on its transaction, the second on the first's tuple lock). Returns the blocker's
+    ``pg_backend_pid()`` and the row's id; ``marker`` is in the statements' text, which no output
+    may show."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO users (id, email, updated_at) VALUES ('chain-user', 'chain@example.com', "
+            "now()) ON CONFLICT DO NOTHING"
+        )
+        admin.execute(
+            "INSERT INTO id_mappings (id, user_id, whmcs_client_id, updated_at) "
+            "VALUES ('chain-row', 'chain-user', 4711, now()) ON CONFLICT DO NOTHING"
+        )
+    blocker = sessions.open(application_name="portal-bff")
+    pid = int(blocker.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+    update = f"UPDATE id_mappings SET updated_at = now() /* {marker} */ WHERE id = 'chain-row'"
+    blocker.execute(update.encode())  # and stays idle in transaction
+    for name in ("portal-bff-2", "portal-bff-3"):
+        waiter = sessions.open(autocommit=True, application_name=name)
+        sessions.background(waiter, update)
+        # one at a time, so that the first waits on the transaction and the second on the tuple
+        wait_for(functools.partial(_waiting, dsn, name), what=f"{name} to wait for its lock")
+    return pid, "chain-row"
+
+
+def _waiting(dsn: str, application_name: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()
+    return bool(row and row[0])

@@ -12,16 +12,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pgparse
 import pytest
 import yaml
 
-from pg_runbook_exporter import sqlallow
 from pg_runbook_exporter.config import load_config, parse_config
 from pg_runbook_exporter.errors import ConfigError
 from pg_runbook_exporter.pgserver.throwaway import free_port
 from pg_runbook_exporter.sqlvet import vet
-from tests.conftest import PORTAL_SCHEMA, REPO
+from tests.conftest import REPO
 
 LIST = "not on the allowlist (pg_runbook_exporter/sqlallow.py)"
 ONE = "a check is one SELECT or WITH statement"
@@ -372,20 +370,3 @@ def test_a_statement_that_does_not_parse_is_refused_with_its_line() -> None:
     ]
     # A tree location counts bytes: the string after the two-byte é is still found.
     assert vet("SELECT 'é', 'x\\'") == [BACKSLASH]
-
-
-def test_the_portal_tables_of_the_allowlist_are_those_of_the_portal_schema() -> None:
-    created = {
-        statement["stmt"]["CreateStmt"]["relation"]["relname"]
-        for statement in pgparse.parse(PORTAL_SCHEMA.read_text())
-        if "CreateStmt" in statement["stmt"]
-    }
-    assert created == sqlallow.PORTAL_TABLES
-
-
-def test_the_allowlist_is_lower_case_and_holds_no_corpus_function() -> None:
-    names = sqlallow.FUNCTIONS | sqlallow.CATALOG_RELATIONS | sqlallow.TYPES
-    assert {n for n in names if n != n.lower()} == set()
-    refused = {"ts_stat", "set_config", "pg_advisory_lock", "lo_from_bytea", "pg_sleep",
-               "query_to_xml", "txid_current", "pg_notify", "dblink", "pg_stats"}  # fmt: skip
-    assert refused & (sqlallow.FUNCTIONS | sqlallow.CATALOG_RELATIONS) == set()

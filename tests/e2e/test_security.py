@@ -1,11 +1,13 @@
-"""Security: no check can change anything, only the right people scrape, and the database password
-never shows — proven with the real ``run`` and ``check`` commands and a real PostgreSQL.
+"""Security through the real commands: only the right people scrape, and the database password
+never shows — proven with ``run`` and ``check`` as processes on a real PostgreSQL.
+
+(That no check can change anything: tests/integration/test_session.py; vetting:
+tests/unit/test_sqlvet.py.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import subprocess
@@ -17,190 +19,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import bcrypt
-import psycopg
 import pytest
-from psycopg import sql
 
-from pg_runbook_exporter.config import Config, SqlVariant, parse_config
-from pg_runbook_exporter.pgserver.throwaway import free_port, scram_verifier
+from pg_runbook_exporter.pgserver.throwaway import free_port
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, REPO, PortalDb
-from tests.support.collect import collect
-
-# --- if vetting were bypassed: the database refuses --------------------------------------------
-# (Vetting itself: tests/unit/test_sqlvet.py.)
-
-# (name, SQL) of harmful checks, run on the database past the vetting.
-HARMFUL = [
-    ("deletes", "WITH d AS (DELETE FROM users RETURNING 1) SELECT count(*) AS n FROM d"),
-    ("updates", "WITH u AS (UPDATE id_mappings SET sf_account_id = NULL RETURNING 1) "
-     "SELECT count(*) AS n FROM u"),
-    ("creates", "CREATE TABLE pwned (n int)"),
-    ("drops", "DROP TABLE users"),
-    ("advances", "SELECT nextval('ticket_seq') AS n"),
-    ("terminates", "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
-     "WHERE usename = 'portal_app'"),
-    ("cancels", "SELECT count(pg_catalog.pg_cancel_backend(pid)) AS n FROM pg_stat_activity "
-     "WHERE usename = 'portal_app'"),
-    ("reloads", "SELECT pg_reload_conf()::int AS n"),
-    ("imports", "SELECT lo_import('/etc/hostname')::bigint AS n"),
-    ("unlocks_writes", "SELECT length(set_config('default_transaction_read_only', 'off', false)) "
-     "AS n"),
-]  # fmt: skip
-
-
-def unvetted(checks: list[tuple[str, str]]) -> Config:
-    """A config whose checks run ``checks``' SQL as is: built past the loader and its vetting."""
-    placeholder = "checks:\n" + "".join(
-        f"  {name}:\n    help: Harmful.\n    sql: SELECT 1 AS n\n"
-        f"    metrics: {{n: {{name: {name}, type: gauge, help: N.}}}}\n"
-        for name, _ in checks
-    )
-    config = parse_config(placeholder, source="unvetted.yaml")
-    sqls = dict(checks)
-    return dataclasses.replace(
-        config,
-        checks=tuple(
-            dataclasses.replace(c, variants=(SqlVariant(sql=sqls[c.name]),)) for c in config.checks
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class Portal:
-    """What the harmful checks could damage, read as the superuser."""
-
-    users: int
-    mapped_sf_ids: int
-    tables: int
-    ticket_seq: str
-    large_objects: int
-    app_sessions: int
-
-
-def portal_state(db: PortalDb) -> Portal:
-    (row,) = db.server.execute(
-        "SELECT (SELECT count(*) FROM users), (SELECT count(sf_account_id) FROM id_mappings), "
-        "  (SELECT count(*) FROM pg_tables WHERE schemaname = 'public'), "
-        "  (SELECT (last_value, is_called) FROM ticket_seq)::text, "
-        "  (SELECT count(*) FROM pg_largeobject_metadata), "
-        "  (SELECT count(*) FROM pg_stat_activity WHERE usename = 'portal_app')",
-        dbname=db.name,
-    )
-    return Portal(*row)
-
-
-EXPECTED_REFUSALS = {
-    # PostgreSQL names the statement's top level: a SELECT with a writing WITH clause
-    "deletes": ("other", "cannot execute SELECT in a read-only transaction"),
-    "updates": ("other", "cannot execute SELECT in a read-only transaction"),
-    "creates": ("other", "cannot execute CREATE TABLE in a read-only transaction"),
-    "drops": ("other", "cannot execute DROP TABLE in a read-only transaction"),
-    "advances": ("permission", "permission denied for sequence ticket_seq"),
-    "terminates": ("permission", "permission denied to terminate process"),
-    "cancels": ("permission", "permission denied to cancel query"),
-    "reloads": ("permission", "permission denied for function pg_reload_conf"),
-    "imports": ("permission", "permission denied for function lo_import"),
-}
-
-
-@contextlib.contextmanager
-def app_session(db: PortalDb) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """The portal app's own session, which no check may end."""
-    db.server.execute(
-        sql.SQL("CREATE ROLE portal_app LOGIN PASSWORD {}").format(
-            sql.Literal(scram_verifier("app"))
-        )
-    )
-    conn = psycopg.connect(db.server.dsn(user="portal_app", password="app", dbname=db.name))
-    try:
-        yield conn
-    finally:
-        conn.close()
-        db.server.execute("DROP ROLE portal_app")
-
-
-def refusals_of(db: PortalDb, checks: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
-    """Run ``checks`` once, in order, on one session; (reason, message) of each failed one."""
-    collected = collect(db.monitor_dsn, unvetted(checks))
-    refusals = {}
-    for name, _ in checks:
-        state = collected.state(name)
-        if not state.success:
-            error = state.last_error
-            refusals[name] = (str(error.reason), error.message) if error else ("", "")
-    return refusals
-
-
-def grant_refusals(db: PortalDb, checks: list[tuple[str, str]]) -> dict[str, str]:
-    """The first line of each error of ``checks`` run as the exporter's role, read-write."""
-    refusals = {}
-    options = "-c default_transaction_read_only=off"
-    with psycopg.connect(db.monitor_dsn, autocommit=True, options=options) as conn:
-        for name, query in checks:
-            try:
-                conn.execute(query)
-            except psycopg.Error as exc:
-                refusals[name] = str(exc).splitlines()[0]
-    return refusals
-
-
-def test_a_harmful_check_that_got_past_vetting_fails_and_changes_nothing(
-    portal_db: PortalDb,
-) -> None:
-    portal_db.server.execute(
-        "CREATE SEQUENCE ticket_seq;"
-        "INSERT INTO users (id, email, updated_at) VALUES ('u1', 'u1@example.com', now());"
-        "INSERT INTO id_mappings (id, user_id, sf_account_id, updated_at) "
-        "VALUES ('m1', 'u1', '001A', now())",
-        dbname=portal_db.name,
-    )
-    harmful = [(name, query) for name, query in HARMFUL if name != "unlocks_writes"]
-    unlock = next((name, query) for name, query in HARMFUL if name == "unlocks_writes")
-    with app_session(portal_db) as app:
-        before = portal_state(portal_db)
-        assert before.app_sessions == 1
-        # The read-only session refuses writes and DDL; the role's grants refuse the rest.
-        assert refusals_of(portal_db, harmful) == EXPECTED_REFUSALS
-        # set_config() runs even read-only (vetting is what stops it), but the session is reset
-        # after every check: the checks after it meet read-only exactly as before. (Without
-        # the reset they ran read-write and only the grants below refused them.)
-        assert refusals_of(portal_db, [unlock, *harmful]) == EXPECTED_REFUSALS
-        # On a session that is read-write from the start, the grants alone refuse every write.
-        expected = {
-            **{name: message for name, (_, message) in EXPECTED_REFUSALS.items()},
-            "deletes": "permission denied for table users",
-            "updates": "permission denied for table id_mappings",
-            "creates": "permission denied for schema public",
-            "drops": "must be owner of table users",
-        }
-        if portal_db.server.major < 15:  # PUBLIC may still CREATE in schema public before 15
-            expected["creates"] = EXPECTED_REFUSALS["creates"][1]
-        assert grant_refusals(portal_db, harmful) == expected
-        assert app.execute("SELECT 1").fetchone() == (1,)  # the app's session is alive
-        assert portal_state(portal_db) == before
-
-
-def test_the_tests_run_as_the_shipped_least_privilege_role(portal_db: PortalDb) -> None:
-    role = MONITOR_ROLE
-    rows = portal_db.server.execute(
-        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, "
-        "  ARRAY(SELECT b.rolname::text FROM pg_auth_members m JOIN pg_roles b ON b.oid = m.roleid "
-        "        WHERE m.member = r.oid ORDER BY 1), "
-        "  pg_has_role(r.oid, 'pg_signal_backend', 'USAGE'), "
-        "  has_table_privilege(r.oid, 'users', 'INSERT, UPDATE, DELETE, TRUNCATE'), "
-        "  has_column_privilege(r.oid, 'users', 'email', 'SELECT'), "
-        "  has_schema_privilege(r.oid, 'public', 'CREATE') "
-        "FROM pg_roles r WHERE rolname = %s",
-        (role,),
-        dbname=portal_db.name,
-    )
-    public_create = portal_db.server.major < 15
-    assert rows == [(False, False, False, False, False, ["pg_monitor"], False, False, False,
-                     public_create)]  # fmt: skip
-    with psycopg.connect(portal_db.monitor_dsn) as conn:
-        assert conn.execute("SELECT current_user").fetchone() == (role,)
-        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
-
 
 # --- TLS and basic auth through the real `run` command ---------------------------------------
 

@@ -6,9 +6,7 @@ Every exposition here also passes ``promtool check metrics`` and the OpenMetrics
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.metrics_core import Metric
@@ -19,6 +17,7 @@ from pg_runbook_exporter.config import Config, parse_config
 from pg_runbook_exporter.errors import CheckError, FailureReason
 from tests.conftest import MONITOR_PASSWORD, MONITOR_ROLE, PortalDb
 from tests.support.collect import Scrape, collect
+from tests.support.shapes import WRONG_SHAPE_ERRORS, WRONG_SHAPES
 
 # The OpenMetrics parser carries no annotations; this binding gives it a type.
 parse_openmetrics: Callable[[str], Iterator[Metric]] = (
@@ -176,42 +175,6 @@ def test_label_values_are_escaped_and_non_utf8_bytes_replaced(sql_ascii_db: str)
     assert om_values == {case: text for case, _, text in LABELS}
 
 
-WRONG_SHAPES = """
-checks:
-  texty:
-    help: Text in a value column.
-    sql: SELECT 'n/a'::text AS v
-    metrics: {v: {name: texty, type: gauge, help: Not a number.}}
-  numeric_text:
-    help: A number, but as text.
-    sql: SELECT '42'::text AS v
-    metrics: {v: {name: numeric_text, type: gauge, help: Still text.}}
-  renamed:
-    help: Returns a column it does not declare and misses one it does.
-    sql: SELECT 1 AS a, 2 AS c
-    metrics:
-      a: {name: renamed_a, type: gauge, help: Declared and returned.}
-      b: {name: renamed_b, type: gauge, help: Declared but not returned.}
-  twice:
-    help: Two rows with the same labels.
-    sql: SELECT 'x' AS k, 1 AS v UNION ALL SELECT 'x', 2
-    labels: [k]
-    metrics: {v: {name: twice, type: gauge, help: Ambiguous.}}
-  fine:
-    help: Unaffected by the others.
-    sql: SELECT 7 AS v
-    metrics: {v: {name: fine, type: gauge, help: Seven.}}
-"""
-
-WRONG_SHAPE_ERRORS = {
-    "texty": "column v: str value 'n/a' is not a number",
-    "numeric_text": "column v: str value '42' is not a number",
-    "renamed": "checks.renamed.metrics.b: column not returned by the SQL; "
-    "checks.renamed.sql: returns column 'c', declared in neither labels nor metrics",
-    "twice": "two rows have the same labels (k='x')",
-}
-
-
 def test_results_of_the_wrong_shape_fail_their_check_only(portal_db: PortalDb) -> None:
     config = parse_config(WRONG_SHAPES, source="shapes.yaml")
     collected = collect(portal_db.monitor_dsn, config)
@@ -224,19 +187,3 @@ def test_results_of_the_wrong_shape_fail_their_check_only(portal_db: PortalDb) -
     assert scrape.value("pgrb_fine") == 7
     assert scrape.get("pgrb_renamed_a") is None  # no half of a result is exported
     assert_promtool_accepts(scrape.text)
-
-
-def test_check_command_prints_the_shape_error(portal_db: PortalDb, tmp_path: Path) -> None:
-    path = tmp_path / "shapes.yaml"
-    path.write_text(WRONG_SHAPES)
-    result = subprocess.run(
-        [sys.executable, "-m", "pg_runbook_exporter", "check", "--config", str(path),
-         "--database.url", portal_db.monitor_dsn],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    for name, message in WRONG_SHAPE_ERRORS.items():
-        line = next(x for x in lines if x.startswith(name + " "))
-        assert line.endswith(f"FAILED (invalid_result): {message}"), line
-    assert "1 ok, 4 failed, 0 skipped" in result.stdout

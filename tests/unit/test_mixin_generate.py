@@ -18,7 +18,7 @@ from pg_runbook_exporter.mixin.alertrules import RULES_FILE, rules
 from pg_runbook_exporter.mixin.dashcapacity import NODE_METRICS
 from pg_runbook_exporter.mixin.generate import drift
 from tests.support.stack import require_tool
-from tests.unit.test_dashboards import STATIC_VALUES, all_queries, substitute, walk
+from tests.unit.test_mixin_dashgen import STATIC_VALUES, all_queries, substitute, walk
 
 REPO = Path(__file__).resolve().parents[2]
 
