@@ -44,7 +44,11 @@ def test_demo_serves_the_seeded_faults_and_removes_everything_on_ctrl_c(tmp_path
 
         def integrity_counted() -> bool:
             found = scrape(port)
-            return found is not None and found.get("pgrb_id_mappings_duplicate_sf_ids") is not None
+            # one session runs the checks in file order: prisma_migrations after the integrity ones
+            return found is not None and all(
+                found.get(name) is not None
+                for name in ("pgrb_id_mappings_duplicate_sf_ids", "pgrb_prisma_migrations_failed")
+            )
 
         wait_for(integrity_counted, timeout=90, what="the demo to serve its integrity counts")
         metrics = scrape(port)
