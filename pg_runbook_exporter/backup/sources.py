@@ -89,7 +89,7 @@ def _files(options: BackupOptions, settings: Settings, now: float) -> QueryResul
     )  # fmt: skip
     columns = summarize(
         found, now=now, zone=zone,
-        retention_days=int(settings["backup_retention_days"]),
+        retention_days=int(settings["backup_retention_seconds"]) // 86400,
         shrink_ratio=float(settings["backup_shrink_ratio"]),
     )  # fmt: skip
     return QueryResult(FILES_COLUMNS, [tuple(columns[c] for c in FILES_COLUMNS)], False)

@@ -20,7 +20,7 @@ def backups(b: Book) -> None:
     b.add("PostgresBackupMissing", "no backup at all", {files: const(0, 120)}, "70m",
           b.fired("warning", 0))  # fmt: skip
 
-    days = b.setting("backup_retention_days")
+    days = b.setting("backup_retention_seconds") // DAY
     missing, oldest = "pgrb_backup_retention_days_missing", "pgrb_backup_oldest_timestamp_seconds"
     for name, gaps, oldest_age, fires in (
         ("a day missing", 1, days * DAY + 2 * 3600, (b.fired("warning", 1),)),

@@ -86,7 +86,9 @@ def backups(seeded: PortalDb, tmp_path: Path) -> dict[str, Path]:
 
 
 def backup_config() -> Config:
-    return configured(only=BACKUP_CHECKS, settings={"backup_retention_days": RETENTION_DAYS})
+    return configured(
+        only=BACKUP_CHECKS, settings={"backup_retention_seconds": RETENTION_DAYS * 86400}
+    )
 
 
 def test_ages_sizes_and_counts_of_the_backups_are_exported_exactly(
@@ -110,7 +112,7 @@ def test_ages_sizes_and_counts_of_the_backups_are_exported_exactly(
     assert scrape.value("pgrb_backup_retention_days_missing") == 1  # day 3: garbage only
     assert scrape.value("pgrb_backup_files_not_dump") == 1
     assert scrape.value("pgrb_backup_files_in_progress") == 1
-    assert scrape.value("pgrb_threshold_backup_retention_days") == RETENTION_DAYS
+    assert scrape.value("pgrb_threshold_backup_retention_seconds") == RETENTION_DAYS * 86400
 
 
 def test_the_verification_result_is_served(
