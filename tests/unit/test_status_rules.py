@@ -75,3 +75,14 @@ def test_every_shipped_check_has_a_chapter_and_every_rule_a_playbook() -> None:
     assert sorted(n for n in named if not books.has(n)) == []
     kinds = sorted(str(c.offenders) for c in config.checks if c.offenders)
     assert kinds == sorted(str(k) for k in Offenders)  # CONTRACT.md 1–3, one check each
+
+
+def test_a_blocker_listed_turns_the_lock_blockers_row_to_warning() -> None:
+    """Fails when lock_blockers' status rule has no threshold: the row then reads OK while the
+    page names a blocker above it (every blocker series means a wait past its threshold)."""
+    (check,) = [c for c in load_config().checks if c.name == "lock_blockers"]
+    (rule,) = check.status
+    assert [(c.severity, c.op, c.threshold) for c in rule.conditions] == [
+        (Severity.WARNING, ">", 0.0)
+    ]
+    assert rule.conditions[0].met(1) and not rule.conditions[0].met(0)
