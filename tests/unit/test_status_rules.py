@@ -6,6 +6,7 @@ import pytest
 
 from pg_runbook_exporter.config import load_config, parse_config
 from pg_runbook_exporter.errors import ConfigError
+from pg_runbook_exporter.mixin.alertrules import rules
 from pg_runbook_exporter.status import playbooks
 from pg_runbook_exporter.status.rules import Offenders, Severity
 
@@ -75,3 +76,44 @@ def test_every_shipped_check_has_a_chapter_and_every_rule_a_playbook() -> None:
     assert sorted(n for n in named if not books.has(n)) == []
     kinds = sorted(str(c.offenders) for c in config.checks if c.offenders)
     assert kinds == sorted(str(k) for k in Offenders)  # CONTRACT.md 1–3, one check each
+
+
+def test_a_blocker_listed_turns_the_lock_blockers_row_to_warning() -> None:
+    """Fails when lock_blockers' status rule has no threshold: the row then reads OK while the
+    page names a blocker above it (every blocker series means a wait past its threshold)."""
+    (check,) = [c for c in load_config().checks if c.name == "lock_blockers"]
+    (rule,) = check.status
+    assert [(c.severity, c.op, c.threshold) for c in rule.conditions] == [
+        (Severity.WARNING, ">", 0.0)
+    ]
+    assert rule.conditions[0].met(1) and not rule.conditions[0].met(0)
+
+
+def test_every_status_threshold_is_its_alerts_setting_and_severity() -> None:
+    """One source of truth: a status condition linked to an alert names a severity that alert
+    has, and its number is the setting the alert's expression reads (``${setting}``), or the
+    literal the expression compares the same metric with. A bare 0 or 1 is allowed for an
+    offender series the alert does not read (its presence is the fault). Fails when a threshold
+    or severity is changed on one side only, or a status rule names an alert it does not judge."""
+    alerts = {(r.name, str(r.severity)): r.expr for r in rules()}
+    checked = 0
+    drift = []
+    for check in load_config().checks:
+        for rule in check.status:
+            metric = next(m.name for m in check.metrics if m.column == rule.value)
+            for cond in rule.conditions:
+                where = f"{check.name}.{rule.value} {cond.severity} {cond.text}"
+                expr = alerts.get((str(rule.alert), str(cond.severity)))
+                if expr is None:
+                    drift.append(f"{where}: {rule.alert} has no {cond.severity} rule")
+                elif cond.setting is not None:
+                    if f"${{{cond.setting}}}" not in expr:
+                        drift.append(f"{where}: {rule.alert} does not read {cond.setting}")
+                elif metric in expr:
+                    if f"{cond.op} {cond.threshold:g}" not in expr:
+                        drift.append(f"{where}: {rule.alert} compares {metric} otherwise")
+                elif cond.threshold not in (0, 1):
+                    drift.append(f"{where}: a literal the alert {rule.alert} never reads")
+                checked += 1
+    assert drift == []
+    assert checked >= 30  # the shipped rules were read, not an empty list
