@@ -3,7 +3,8 @@
 An alert's ``culprit`` (alerts.yaml) names the offender series to rank, the words for each one and
 for none. Its text holds ``{label}``, ``{value}`` or ``{name}`` of a further series of the same
 offender (``values``: ``pgrb_x`` or ``time() - pgrb_x``, matched on instance, job and ``key``),
-each with an optional ``:format``, and ``[A|B]`` (A when A's labels are all non-empty, else B).
+each with an optional ``:format``, and ``[A|B]`` (A when A's labels are all non-empty and its
+further series all present, else B).
 ``go_*`` write the Go templates of the rules; ``say_*`` render the same words in Python from a
 promtool example's series, so the generated tests expect what Prometheus must render.
 """
@@ -68,6 +69,12 @@ def parse(raw: object, path: str, problems: Problems) -> Culprit | None:
             problems.add(f"{path}.values.{name}", "expected pgrb_x or time() - pgrb_x")
     if re.search(r"[\[\]]", _PART.sub("", culprit.text)):
         problems.add(f"{path}.text", "an optional part is [A] or [A|B], not nested")
+    for part in _PART.finditer(culprit.text):
+        if part.group(3) is None and not _labels(culprit, part.group(1)) + _values(
+            culprit, part.group(1)
+        ):
+            problems.add(f"{path}.text", f"[{part.group(1)}]: an optional part names a label or "
+                         "a value it depends on")  # fmt: skip
     for _kind, name, fmt in _fields(culprit.text):
         if fmt not in FORMATS:
             problems.add(f"{path}.text", f"{{{name}:{fmt}}}: formats are {list(FORMATS)[1:]}")
@@ -76,6 +83,16 @@ def parse(raw: object, path: str, problems: Problems) -> Culprit | None:
 
 def _fields(text: str) -> list[tuple[str, str, str | None]]:
     return [("field", m.group(3), m.group(4)) for m in _PART.finditer(text) if m.group(3)]
+
+
+def _labels(c: Culprit, part: str) -> list[str]:
+    """The offender's labels an optional part names (it applies when none is empty)."""
+    return [n for _k, n, _f in _fields(part) if n != "value" and n not in c.values]
+
+
+def _values(c: Culprit, part: str) -> list[str]:
+    """The further series an optional part names (it applies when all are present)."""
+    return [n for _k, n, _f in _fields(part) if n in c.values]
 
 
 # -- Go templates ---------------------------------------------------------------------------
@@ -98,14 +115,18 @@ def _query(expr: str, metric: str, labels: Sequence[str], on: str, match: Sequen
     return f'printf "{expr.format(f"{metric}{{{matchers}}}")}" {refs} | query'
 
 
+def _go_value(c: Culprit, name: str) -> str:
+    """The query of the offender's further series ``name`` (an empty result when absent)."""
+    age, metric = _VALUE.fullmatch(c.values[name]).groups()  # type: ignore[union-attr]
+    return _query((age or "") + "{}", metric, c.key, "$o", c.match)
+
+
 def _go_field(c: Culprit, name: str, fmt: str | None) -> str:
     pipe = f" | {FORMATS[fmt]}" if FORMATS.get(fmt) else ""
     if name == "value":
         return "{{ $o.Value" + pipe + " }}"
     if name in c.values:
-        age, metric = _VALUE.fullmatch(c.values[name]).groups()  # type: ignore[union-attr]
-        query = _query((age or "") + "{}", metric, c.key, "$o", c.match)
-        return "{{ with " + query + " }}{{ . | first | value" + pipe + " }}{{ end }}"
+        return "{{ with " + _go_value(c, name) + " }}{{ . | first | value" + pipe + " }}{{ end }}"
     return "{{ $o.Labels." + name + " }}"
 
 
@@ -114,9 +135,9 @@ def _go_text(c: Culprit, text: str) -> str:
         if match.group(3):
             return _go_field(c, match.group(3), match.group(4))
         then, otherwise = match.group(1), match.group(2) or ""
-        labels = [n for _k, n, _f in _fields(then) if n != "value" and n not in c.values]
-        test = " ".join(f"$o.Labels.{n}" for n in labels) if len(labels) == 1 else (
-            "and " + " ".join(f"$o.Labels.{n}" for n in labels))  # fmt: skip
+        tests = [f"$o.Labels.{n}" for n in _labels(c, then)]
+        tests += [f"({_go_value(c, n)})" for n in _values(c, then)]
+        test = tests[0] if len(tests) == 1 else "and " + " ".join(tests)
         body = "{{ if " + test + " }}" + _go_text(c, then)
         return body + ("{{ else }}" + _go_text(c, otherwise) if otherwise else "") + "{{ end }}"
 
@@ -227,8 +248,10 @@ def _say_text(c: Culprit, text: str, scene: Scene, o: Sample) -> str:
                 return "" if value is None else _format(value, fmt)
             return o[1].get(name, "")
         then, otherwise = match.group(1), match.group(2) or ""
-        labels = [n for _k, n, _f in _fields(then) if n != "value" and n not in c.values]
-        chosen = then if all(o[1].get(n) for n in labels) else otherwise
+        applies = all(o[1].get(n) for n in _labels(c, then)) and all(
+            scene.value(c, n, o) is not None for n in _values(c, then)
+        )
+        chosen = then if applies else otherwise
         return _say_text(c, chosen, scene, o)
 
     return _PART.sub(one, text)

@@ -21,8 +21,8 @@ from pg_runbook_exporter.config import load_config
 from pg_runbook_exporter.database_url import parse_database_url
 from pg_runbook_exporter.errors import CheckError, DiagnoseError
 from tests.conftest import PortalDb
-from tests.support.collect import wait_for
-from tests.support.sessions import Sessions, lock_chain
+from tests.support.collect import collect_once, configured, wait_for
+from tests.support.sessions import Sessions, lock_chain, slow_index_build
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "diagnose-marker-7f3a"  # in the chain's statements: no output may show query text
@@ -190,3 +190,110 @@ def test_a_prepared_transaction_is_named_by_its_gid_and_rolled_back_by_it(
         )
     assert done.returncode == 0, done.stderr
     assert "  ROLLBACK PREPARED 'settle-7''b';" in done.stdout.splitlines()
+
+
+def _prepare(db: PortalDb, gid: str, *rows: str) -> None:
+    """A prepared transaction ``gid`` holding the row locks of id_mappings ``rows``."""
+    db.server.execute(
+        "INSERT INTO id_mappings (id, user_id, updated_at) SELECT i, 'u-' || i, now()"
+        " FROM unnest(%s::text[]) AS i",
+        (list(rows),),
+        dbname=db.name,
+    )
+    with psycopg.connect(db.dsn) as holder:
+        holder.execute(
+            "UPDATE id_mappings SET updated_at = now() WHERE id = ANY(%s)", (list(rows),)
+        )
+        holder.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+
+
+def _rollback(db: PortalDb, *gids: str) -> None:
+    for gid in gids:
+        db.server.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)), dbname=db.name)
+
+
+@pytest.mark.parametrize("alert", ["PostgresLockWait", "PostgresSessionsBlocked"])
+def test_a_prepared_transaction_that_blocks_nobody_is_not_found(
+    portal_db: PortalDb, alert: str
+) -> None:
+    """Fails when the diagnosis lists every prepared transaction: it then exits 0 and offers to
+    roll back a healthy one."""
+    _prepare(portal_db, "harmless-2pc", "h1")
+    try:
+        done = _command(portal_db, alert)
+    finally:
+        _rollback(portal_db, "harmless-2pc")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{alert}: not found" in done.stdout
+    assert "ROLLBACK PREPARED" not in done.stdout
+
+
+def test_only_the_prepared_transaction_a_waiter_waits_for_is_named_with_its_own_waiters(
+    portal_db: PortalDb, sessions: Sessions
+) -> None:
+    """Two sessions wait for one prepared transaction's rows; another prepared transaction and a
+    session blocked by a session are beside it. Fails when a harmless prepared transaction is
+    listed, or when a gid gets the count of every session blocked by any prepared one."""
+    _prepare(portal_db, "blocking-2pc", "b1", "b2")
+    _prepare(portal_db, "harmless-2pc", "h1")
+    try:
+        waiters = []
+        for row in ("b1", "b2"):
+            waiter = sessions.open(autocommit=True, application_name=f"portal-bff-{row}")
+            sessions.background(
+                waiter, f"UPDATE id_mappings SET updated_at = now() WHERE id = '{row}'"
+            )
+            waiters.append(waiter.info.backend_pid)
+        wait_for(
+            lambda: portal_db.server.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = ANY(%s)",
+                (waiters,), dbname=portal_db.name) == [(2,)],
+            what="both updates to wait for the prepared transaction",
+        )  # fmt: skip
+        report = diagnose.run(
+            load_config(), parse_database_url(portal_db.monitor_dsn), "PostgresLockWait", {}
+        )
+    finally:
+        _rollback(portal_db, "blocking-2pc", "harmless-2pc")
+    rows = [dict(zip(report.columns, row, strict=True)) for row in report.rows]
+    assert [(r["pid"], r["gid"], r["waiting_directly"]) for r in rows] == [
+        ("0", "blocking-2pc", "2")
+    ]
+    assert report.fixes == ("ROLLBACK PREPARED 'blocking-2pc';",)
+
+
+def test_a_blocking_create_index_is_cancelled_as_the_page_says(
+    portal_db: PortalDb, sessions: Sessions
+) -> None:
+    """A CREATE INDEX halfway through its table blocks an UPDATE. Fails when the diagnosis does
+    not say the command and its progress, or chooses another fix than the page, which fills the
+    same playbook fix (``Diagnosis.fix_for``) from the lock_blockers series."""
+    builder = slow_index_build(sessions, portal_db.dsn, "slowt")
+    waiter = sessions.open(autocommit=True, application_name="portal-bff")
+    sessions.background(waiter, "UPDATE slowt SET id = id WHERE id = 1")
+    wait_for(
+        lambda: bool(portal_db.server.execute(
+            "SELECT 1 FROM pg_locks WHERE NOT granted AND pid = %s", (waiter.info.backend_pid,),
+            dbname=portal_db.name)),
+        what="the update to wait for the index build",
+    )  # fmt: skip
+    report = diagnose.run(
+        load_config(), parse_database_url(portal_db.monitor_dsn), "PostgresLockWait", {}
+    )
+    config = configured(only=["lock_blockers"], settings={"offender_lock_wait_seconds": 0})
+    scrape = collect_once(portal_db.monitor_dsn, config)
+    (series,) = scrape.series("pgrb_lock_blocker_waiting_sessions")
+
+    rows = [dict(zip(report.columns, row, strict=True)) for row in report.rows]
+    (row,) = rows
+    start = _backend_start(portal_db, builder)
+    assert (row["pid"], row["backend_start"], row["state"]) == (str(builder), start, "active")
+    assert (row["command"], row["percent_done"], row["waiting_directly"]) == (
+        "CREATE INDEX", "50.0", "1")  # fmt: skip
+    cancel = (
+        f"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {builder} AND "
+        f"backend_start = '{start}';"
+    )
+    assert report.fixes == (cancel,)
+    page = playbook.load()["PostgresLockWait"].fix_for(dict(series))
+    assert page == cancel

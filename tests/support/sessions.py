@@ -119,3 +119,31 @@ def _waiting(dsn: str, application_name: str) -> bool:
             (application_name,),
         ).fetchone()
     return bool(row and row[0])
+
+
+def slow_index_build(sessions: Sessions, dsn: str, table: str) -> int:
+    """A ``CREATE INDEX`` halfway through its table scan, blocking writes for 20 s: ``table`` holds
+    250 rows on two heap blocks (226 fit in the first), and the index expression sleeps a second
+    on each of the last 20. Returns the build's pid once it reports block 1 of 2 scanned; it
+    ends when ``sessions`` close."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            f"CREATE TABLE {table} (id int); INSERT INTO {table} SELECT generate_series(1, 250);"
+            f"CREATE FUNCTION {table}_slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS "
+            "$$BEGIN IF x > 230 THEN PERFORM pg_sleep(1); END IF; RETURN x; END$$".encode()
+        )
+    builder = sessions.open(autocommit=True, application_name="portal-migrations")
+    sessions.background(builder, f"CREATE INDEX {table}_idx ON {table} ({table}_slow(id))")
+    pid = builder.info.backend_pid
+
+    def halfway() -> bool:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT phase, blocks_done, blocks_total FROM pg_stat_progress_create_index"
+                " WHERE pid = %s",
+                (pid,),
+            ).fetchall()
+        return rows == [("building index: scanning table", 1, 2)]
+
+    wait_for(halfway, what=f"{table}_idx to scan block 1 of 2")
+    return pid
