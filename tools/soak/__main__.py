@@ -28,6 +28,7 @@ _HELP = {
     "duration": "seconds of load",
     "restart_every": "seconds between database restarts",
     "terminate_every": "seconds between terminations of the exporter's sessions",
+    "down_for": "seconds the database stays stopped in a restart",
     "scrapers": "keep-alive authenticated scrapers",
     "scrape_interval": "seconds between one scraper's scrapes",
     "scrape_timeout": "seconds a scrape may take before it counts as failed",

@@ -69,7 +69,7 @@ class LogFigures:
     leaked_secrets: int = 0
     by_level: Counter[str] = field(default_factory=Counter)
     # Messages at warning or above other than the lost/back lines, with how often each came
-    # (numbers blanked, so one kind is one entry).
+    # (numbers and addresses blanked, so one kind is one entry).
     others: Counter[str] = field(default_factory=Counter)
 
     @classmethod
@@ -90,7 +90,7 @@ class LogFigures:
             elif BACK.match(message):
                 figures.back += 1
             elif level in ("warning", "error", "critical", "unstructured"):
-                figures.others[re.sub(r"\d+", "N", message)[:160]] += 1
+                figures.others[re.sub(r"0x[0-9a-f]+|\d+", "N", message)[:160]] += 1
         return figures
 
 

@@ -1,6 +1,7 @@
-"""What the soak does to the database: a restart every few minutes and, between them, the
-exporter's sessions terminated; each restart opens a window that closes only once the exporter is
-back on the new server, so no figure depends on how fast it reconnects.
+"""What the soak does to the database: a restart every few minutes (down for a few seconds, so
+the exporter retries while it is down) and, between them, the exporter's sessions terminated;
+each restart opens a window that closes only once the exporter is back on the new server, so no
+figure depends on how fast it reconnects.
 
 After every fault the driver waits until the exporter has a session again (seen in
 `pg_stat_activity`, at least ``SETTLED_S`` old, so past its connect-time queries) and a scrape
@@ -82,6 +83,7 @@ class Faults(threading.Thread):
         started: float,
         duration: float,
         restart_every: float,
+        down_for: float,
         terminate_every: float,
         settle_timeout: float,
         margin: float,
@@ -93,6 +95,7 @@ class Faults(threading.Thread):
         self.started = started
         self.duration = duration
         self.restart_every = restart_every
+        self.down_for = down_for
         self.terminate_every = terminate_every
         self.settle_timeout = settle_timeout
         self.margin = margin
@@ -131,6 +134,8 @@ class Faults(threading.Thread):
         window = Window(start=time.monotonic(), margin=self.margin)
         self.figures.windows.append(window)
         self.server.stop("fast")
+        # Down long enough for the exporter to retry a few times: a line per retry would show.
+        time.sleep(self.down_for)
         self.server.start()
         window.database_back = time.monotonic()
         window.exporter_back = self._settle(f"restart {len(self.figures.windows)}")

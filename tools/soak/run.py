@@ -39,6 +39,7 @@ class Options:
     duration: float = 600.0
     restart_every: float = 120.0
     terminate_every: float = 30.0
+    down_for: float = 5.0
     scrapers: int = 64
     scrape_interval: float = 0.25
     scrape_timeout: float = 2.0
@@ -121,6 +122,7 @@ async def _drive(
         started=started,
         duration=options.duration,
         restart_every=options.restart_every,
+        down_for=options.down_for,
         terminate_every=options.terminate_every,
         settle_timeout=options.settle_timeout,
         margin=options.window_margin,
