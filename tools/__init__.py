@@ -1,0 +1,1 @@
+"""Tools run by hand against a throwaway stack (``python -m tools.soak``); not part of the wheel."""
