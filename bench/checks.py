@@ -18,7 +18,7 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-QUERIES = Path(__file__).resolve().parent.parent / "queries.yaml"
+QUERIES = Path(__file__).resolve().parent.parent / "pg_runbook_exporter" / "queries.yaml"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _PARAM = re.compile(r"%\((\w+)\)s")
@@ -133,6 +133,9 @@ def resolve(dsn: str, *, path: Path = QUERIES) -> Resolved:
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         major = conn.info.server_version // 10000
         for name, spec in (doc.get("checks", {}) or {}).items():
+            if "source" in spec:  # reads backup files: neither peer nor psql runs it
+                skipped.append(f"{name}: reads files ({spec['source']}), not the database")
+                continue
             reason = _unmet(spec.get("requires", {}) or {}, cur, major)
             raw = _pick_sql(spec["sql"], major) if reason is None else None
             if raw is None:

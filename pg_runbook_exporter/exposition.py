@@ -1,14 +1,15 @@
-"""The metrics exposition, rendered once per completed collection and served as bytes.
+"""The metrics exposition, assembled from rendered fragments once per snapshot and served as bytes.
 
-A scrape never renders: the collection side calls `render()` after every completed check run and
-hands the result to the web server, which only picks one of the four pre-built bodies by the
-request's `Accept` and `Accept-Encoding` headers (`web.negotiation.negotiate()`).
+A scrape never renders: the collection side renders a check's fragment when the check completes a
+run, `assemble()`s the bodies from the fragments once per snapshot and hands them to the web
+server, which only picks one of the four pre-built bodies by the request's `Accept` and
+`Accept-Encoding` headers (`web.negotiation.negotiate()`).
 """
 
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import exposition as text_format
@@ -28,7 +29,10 @@ __all__ = [
     "OPENMETRICS_CONTENT_TYPE",
     "TEXT_CONTENT_TYPE",
     "Exposition",
+    "Fragment",
     "Variant",
+    "assemble",
+    "formats",
     "negotiate",
     "render",
 ]
@@ -72,6 +76,7 @@ class Exposition:
 
 # The OpenMetrics module carries no annotations; this binding gives its one call a type.
 _generate_openmetrics: Callable[[Collector], bytes] = openmetrics_format.generate_latest
+EOF = b"# EOF\n"
 
 
 def _compress(data: bytes) -> bytes:
@@ -79,28 +84,54 @@ def _compress(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def render(registry: Collector, generation: int = 0) -> Exposition:
-    """Collect `registry` twice (once per format) and build all four bodies."""
-    text = text_format.generate_latest(registry)
-    openmetrics = _generate_openmetrics(registry)
+def formats(collector: Collector) -> tuple[bytes, bytes]:
+    """What `collector` yields in the text format and in OpenMetrics, the latter without `# EOF`."""
+    text = text_format.generate_latest(collector)
+    openmetrics = _generate_openmetrics(collector)
+    return text, openmetrics.removesuffix(EOF)
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A run of whole lines of the exposition in both formats, each also as its own gzip member.
+
+    Gzip members concatenated are one valid gzip stream whose content is the concatenation of
+    theirs (RFC 1952), so a body is its fragments' members joined: a fragment is compressed once,
+    when it is rendered, however often the bodies around it change.
+    """
+
+    text: bytes
+    openmetrics: bytes
+    text_gzip: bytes
+    openmetrics_gzip: bytes
+
+    @classmethod
+    def of(cls, text: bytes, openmetrics: bytes) -> Fragment:
+        return cls(text, openmetrics, _compress(text), _compress(openmetrics))
+
+
+def assemble(
+    fragments: Sequence[Fragment], text: bytes, openmetrics: bytes, generation: int = 0
+) -> Exposition:
+    """The four bodies of `fragments` followed by one last part, given plain and compressed here.
+
+    The last part carries OpenMetrics' `# EOF`, so the fragments before it are reused as they are.
+    """
+    last = Fragment.of(text, openmetrics + EOF)
+    parts = (*fragments, last)
     return Exposition(
-        text=text,
-        text_gzip=_compress(text),
-        openmetrics=openmetrics,
-        openmetrics_gzip=_compress(openmetrics),
+        text=b"".join(p.text for p in parts),
+        text_gzip=b"".join(p.text_gzip for p in parts),
+        openmetrics=b"".join(p.openmetrics for p in parts),
+        openmetrics_gzip=b"".join(p.openmetrics_gzip for p in parts),
         generation=generation,
     )
 
 
-def _empty() -> Exposition:
-    openmetrics = b"# EOF\n"
-    return Exposition(
-        text=b"",
-        text_gzip=_compress(b""),
-        openmetrics=openmetrics,
-        openmetrics_gzip=_compress(openmetrics),
-    )
+def render(collector: Collector, generation: int = 0) -> Exposition:
+    """Collect `collector` twice (once per format) and build all four bodies in one part."""
+    return assemble((), *formats(collector), generation)
 
 
-EMPTY = _empty()
+EMPTY = assemble((), b"", b"")
 """Served before the first collection completes: valid, and without a single sample."""

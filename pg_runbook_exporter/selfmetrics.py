@@ -64,10 +64,21 @@ CHECK_TRUNCATED = SelfMetric(
     ("check",),
     "1 when the check returned more rows than its max_series and the rest were dropped.",
 )
+CHECK_RUNS = SelfMetric(
+    "check_runs_total",
+    "counter",
+    ("check",),
+    "Completed runs of the check: succeeded, failed or skipped.",
+)
+CHECK_RENDERS = SelfMetric(
+    "check_renders_total",
+    "counter",
+    ("check",),
+    "Times the check's series were rendered into the exposition: once per completed run (and "
+    "when its last values go stale), never per scrape or per other check's run.",
+)
 
-ALL = (
-    UP,
-    BUILD_INFO,
+PER_CHECK = (
     CHECK_SUCCESS,
     CHECK_SKIPPED,
     CHECK_DURATION,
@@ -76,5 +87,14 @@ ALL = (
     CHECK_ERRORS,
     CHECK_SERIES,
     CHECK_TRUNCATED,
+    CHECK_RUNS,
+    CHECK_RENDERS,
+)
+"""The families with a series per check, in the order they are exported."""
+
+ALL = (
+    UP,
+    BUILD_INFO,
+    *PER_CHECK,
 )
 NAMES = tuple(m.name for m in ALL)

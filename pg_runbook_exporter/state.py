@@ -33,6 +33,7 @@ class CheckState:
     last_success_monotonic: float | None = None  # decides staleness
     errors: tuple[tuple[FailureReason, int], ...] = tuple((r, 0) for r in FailureReason)
     last_error: CheckError | None = None
+    runs: int = 0  # completed: succeeded, failed or skipped
 
     @property
     def ran(self) -> bool:
@@ -98,6 +99,7 @@ class ResultCache:
                 last_success=self._wall_clock(),
                 last_success_monotonic=self._clock(),
                 last_error=None,
+                runs=old.runs + 1,
             )
 
     def record_failure(self, name: str, error: CheckError, duration: float) -> None:
@@ -118,6 +120,7 @@ class ResultCache:
                 duration=duration,
                 errors=errors,
                 last_error=error.detached(),
+                runs=old.runs + 1,
             )
 
     def record_skip(self, name: str, reason: SkipReason) -> None:
@@ -126,7 +129,13 @@ class ResultCache:
             if old.skipped != reason:
                 logger.info("check %s: skipped (%s)", name, reason)
             self._states[name] = replace(
-                old, samples=None, success=None, skipped=reason, duration=None, last_error=None
+                old,
+                samples=None,
+                success=None,
+                skipped=reason,
+                duration=None,
+                last_error=None,
+                runs=old.runs + 1,
             )
 
     def set_up(self, up: bool) -> None:
