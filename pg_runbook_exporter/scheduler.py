@@ -3,6 +3,11 @@
 Every worker owns one session (one connection), so the exporter never opens more connections than
 workers. A check is taken off the queue while it runs, so two runs of one check never overlap, and
 the next run is due one interval after this one started (never a backlog of missed runs).
+
+A lost session is taken up by its worker as soon as it is noticed (a failed run, or the watcher
+seeing the idle socket end) rather than at the next due run: reconnected at once, with backoff only
+after repeated failures, and every check is due again the moment the session is lost and again
+when it is back, so ``pgrb_up`` and each check's success tell the truth within seconds.
 """
 
 from __future__ import annotations
@@ -83,9 +88,11 @@ class Scheduler:
                 probe_settings=settings,
                 max_backoff=max_backoff,
                 name=f"session {i + 1}",
+                on_idle_readable=self._suspect,
             )
             for i in range(connections)
         ]
+        self._suspects: set[Session] = set()  # idle sessions whose socket woke up
         self._queue: list[tuple[float, int, Check]] = []
         self._files_queue: list[tuple[float, int, Check]] = []
         self._order = itertools.count()
@@ -137,18 +144,64 @@ class Scheduler:
                 self._run_source(check)
         self.publish()
 
-    def _next(self, queue: list[tuple[float, int, Check]]) -> Check | None:
+    def _next(
+        self, queue: list[tuple[float, int, Check]], session: Session | None = None
+    ) -> Check | Session | None:
+        """The next check due; or ``session`` when it needs looking after first (see _revive)."""
         with self._cond:
             while not self._stopping:
+                wait: float | None = None
+                if session is not None:
+                    if session in self._suspects:
+                        self._suspects.discard(session)
+                        return session
+                    if session.lost:
+                        wait = session.liveness.retry_in()
+                        if wait <= 0:
+                            return session
                 if queue:
-                    due = queue[0][0]
-                    wait = due - self._clock()
-                    if wait <= 0:
+                    due = queue[0][0] - self._clock()
+                    if due <= 0:
                         return heapq.heappop(queue)[2]
-                else:
-                    wait = None
+                    wait = due if wait is None else min(wait, due)
                 self._cond.wait(wait)
             return None
+
+    def _suspect(self, session: Session) -> None:
+        """The watcher's call: ``session``'s idle socket became readable."""
+        with self._cond:
+            self._suspects.add(session)
+            self._cond.notify_all()
+
+    def _all_due(self) -> None:
+        """Every database check due now (those running are requeued when they end)."""
+        with self._cond:
+            now = self._clock()
+            self._queue[:] = [(min(due, now), order, c) for due, order, c in self._queue]
+            heapq.heapify(self._queue)
+            self._cond.notify_all()
+
+    def _revive(self, session: Session) -> None:
+        """A session that woke up or was lost: keep it, or reconnect now (or when backoff says).
+
+        On losing it ``pgrb_up`` is 0 and every check due, so each says so at once; when it is
+        back every check runs again at once.
+        """
+        if session.connected:
+            if session.check_idle():
+                return  # a notice, not the end of the session
+            self._cache.set_up(False)
+            self._all_due()
+            self.publish()
+        try:
+            session.connect()
+        except CheckError:
+            self._cache.set_up(False)
+            self.publish()
+            return
+        self._cache.set_up(True)
+        self._all_due()
+        self.publish()
 
     def _requeue(self, queue: list[tuple[float, int, Check]], check: Check, started: float) -> None:
         with self._cond:
@@ -157,13 +210,22 @@ class Scheduler:
             self._cond.notify_all()
 
     def _work(self, session: Session) -> None:
-        self._loop(self._queue, lambda check: self._run(session, check))
+        self._loop(self._queue, lambda check: self._run(session, check), session=session)
 
     def _work_files(self) -> None:
         self._loop(self._files_queue, self._run_source)
 
-    def _loop(self, queue: list[tuple[float, int, Check]], run: Callable[[Check], None]) -> None:
-        while (check := self._next(queue)) is not None:
+    def _loop(
+        self,
+        queue: list[tuple[float, int, Check]],
+        run: Callable[[Check], None],
+        *,
+        session: Session | None = None,
+    ) -> None:
+        while (check := self._next(queue, session)) is not None:
+            if isinstance(check, Session):
+                self._revive(check)
+                continue
             started = self._clock()
             try:
                 run(check)
@@ -206,9 +268,11 @@ class Scheduler:
             )
             samples = build_samples(check, result, label_value_max_length=self._label_cap)
         except CheckError as error:
-            if error.reason is FailureReason.CONNECTION:
+            if error.reason is FailureReason.CONNECTION or session.lost:
                 self._cache.set_up(False)
             self._cache.record_failure(check.name, error, self._clock() - started)
+            if session.lost:
+                self._all_due()  # every check says so now, not at its next run
             return
         self._cache.record_success(check.name, samples, self._clock() - started)
 

@@ -4,15 +4,16 @@ Session options are set at connect time (libpq ``options``), not with ``SET`` in
 string, so a check can never run outside the read-only default; they are read back with the server
 facts. After every check run the session is reset (``DISCARD ALL``), so nothing a check changed
 (a setting, an advisory lock, a LISTEN) reaches the next one. Errors are classified by SQLSTATE
-into the reasons the exporter reports.
+into the reasons the exporter reports. Every statement has a deadline kept outside its thread
+(``liveness.py``), and an idle session the server ended is reported as soon as its socket says so.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from psycopg import errors as pg_errors
 
 from pg_runbook_exporter.database_url import DatabaseTarget, redact
 from pg_runbook_exporter.errors import CheckError, FailureReason
+from pg_runbook_exporter.liveness import PROCESS_WATCHER, Liveness, Watcher, ended
 
 logger = logging.getLogger(__name__)
 
@@ -145,23 +147,30 @@ class Session:
         default_lock_timeout: float = 0.1,
         max_backoff: float = 5.0,
         name: str = "session",
+        watcher: Watcher | None = None,
+        on_idle_readable: Callable[[Session], None] | None = None,
     ) -> None:
         self._target = target
         self._probe_relations = list(probe_relations)
         self._probe_settings = list(probe_settings)
         self._default_timeout = default_timeout
         self._default_lock_timeout = default_lock_timeout
-        self._max_backoff = max_backoff
         self._name = name
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._failures = 0
-        self._next_attempt = 0.0
+        self.liveness = Liveness(
+            watcher or PROCESS_WATCHER,
+            max_backoff=max_backoff,
+            on_deadline=self._fail,
+            on_idle_readable=on_idle_readable and functools.partial(on_idle_readable, self),
+        )
         self.facts: ServerFacts | None = None
 
     def _connect_kwargs(self) -> dict[str, Any]:
         params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(self._target.conninfo)
         for key, value in _CONNECTION_DEFAULTS.items():
             params.setdefault(key, value)
+        if str(params["connect_timeout"]).strip() == "0":  # libpq would wait forever
+            params["connect_timeout"] = _CONNECTION_DEFAULTS["connect_timeout"]
         options = [
             params.pop("options", "") or "",
             # A check never holds a transaction open; if one ever did, the server ends it.
@@ -192,15 +201,18 @@ class Session:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
+    @property
+    def lost(self) -> bool:
+        """Not connected since a failure: a new connection is wanted, not only at the next run."""
+        return not self.connected and self.liveness.failures > 0
+
     def connect(self) -> ServerFacts:
         """Open the connection (unless backing off) and read the server facts."""
         if self.connected and self.facts is not None:
             return self.facts
-        now = time.monotonic()
-        if now < self._next_attempt:
+        if (wait := self.liveness.retry_in()) > 0:
             raise CheckError(
-                FailureReason.CONNECTION,
-                f"database unreachable; next attempt in {self._next_attempt - now:.1f}s",
+                FailureReason.CONNECTION, f"database unreachable; next attempt in {wait:.1f}s"
             )
         try:
             conn = psycopg.connect(autocommit=True, **self._connect_kwargs())
@@ -212,7 +224,7 @@ class Session:
         except psycopg.Error as exc:
             self._fail(exc)
             raise self._error(exc) from None
-        if self._failures:
+        if self.liveness.failures:
             logger.info("%s: connected to %s again", self._name, self._target.display)
         else:
             logger.info(
@@ -221,7 +233,7 @@ class Session:
                 self._target.display,
                 facts.version_num,
             )
-        self._failures = 0
+        self.liveness.failures = 0
         return facts
 
     def ensure_facts(self, *, max_age: float) -> ServerFacts:
@@ -260,6 +272,7 @@ class Session:
             checked_at=time.monotonic(),
             settings={name: value for name, value in row[4]},
         )
+        self._watch_idle()
         return self.facts
 
     def run(
@@ -281,7 +294,11 @@ class Session:
                 raise psycopg.OperationalError("not connected")
             # The timeouts travel in the same round trip as the statement (pipeline mode), every
             # run: a check never runs under timeouts some earlier statement left behind.
-            with self._conn.pipeline() as pipeline, self._conn.cursor() as cur:
+            with (
+                self.liveness.deadline(self._conn.pgconn.socket, timeout),
+                self._conn.pipeline() as pipeline,
+                self._conn.cursor() as cur,
+            ):
                 cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
                 cur.execute(sql.encode(), params)
                 pipeline.sync()
@@ -291,18 +308,34 @@ class Session:
                 self._fail(exc)
                 raise self._error(exc) from None
             error = self._error(exc)
-            self._reset()
+            self._reset(timeout)
             raise error from None
-        self._reset()
+        self._reset(timeout)
         return result
 
-    def _reset(self) -> None:
-        """Back to the connection's start: settings, role, advisory locks, LISTENs, temp tables."""
+    def check_idle(self) -> bool:
+        """After the idle socket became readable: whether the session is still there."""
+        if (error := ended(self._conn)) is None:
+            self._watch_idle()
+            return True
+        self._fail(error)  # dropped, one log line
+        return False
+
+    def _watch_idle(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self.liveness.idle(self._conn.pgconn.socket)
+
+    def _reset(self, timeout: float) -> None:
+        """Back to the connection's start: settings, role, advisory locks, LISTENs, temp tables
+        (under the check's ``timeout``, which the check set for the session)."""
         conn = self._conn
         if conn is None:
             return
         try:
-            conn.execute(b"DISCARD ALL")
+            with self.liveness.deadline(conn.pgconn.socket, timeout):
+                conn.execute(b"DISCARD ALL")
+        except CheckError:
+            return  # past the deadline: dropped and logged already
         except psycopg.Error as exc:
             if classify(exc) is FailureReason.CONNECTION:
                 self._fail(exc)
@@ -313,13 +346,16 @@ class Session:
                 level, "%s: reset failed (%s); reconnecting", self._name, self._describe(exc)
             )
             self.close()
+            return
+        self._watch_idle()
 
     def _execute(
         self, sql: str, params: Mapping[str, Any], *, max_rows: int | None = None
     ) -> QueryResult:
         if self._conn is None:
             raise psycopg.OperationalError("not connected")
-        with self._conn.cursor() as cur:
+        timeout = self._default_timeout
+        with self.liveness.deadline(self._conn.pgconn.socket, timeout), self._conn.cursor() as cur:
             cur.execute(sql.encode(), params)
             return _read(cur, max_rows)
 
@@ -333,12 +369,10 @@ class Session:
         return CheckError(classify(exc), self._describe(exc), sqlstate=sqlstate)
 
     def _fail(self, exc: BaseException) -> None:
-        """Drop the connection and schedule the next attempt with capped, jittered backoff."""
+        """Drop the connection and schedule the next attempt (``liveness.retry_delay``)."""
         self.close()
-        self._failures += 1
-        delay = min(self._max_backoff, 0.25 * 2 ** min(self._failures, 10))
-        self._next_attempt = time.monotonic() + random.uniform(delay / 2, delay)  # noqa: S311
-        if self._failures == 1:
+        self.liveness.failed(exc)
+        if self.liveness.failures == 1:
             logger.warning(
                 "%s: lost the database (%s): %s",
                 self._name,
@@ -349,6 +383,7 @@ class Session:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         self.facts = None
+        self.liveness.unwatch()
         if conn is not None:
             try:
                 conn.close()
