@@ -22,7 +22,6 @@ from psycopg import errors as pg_errors
 
 from pg_runbook_exporter.database_url import DatabaseTarget, redact
 from pg_runbook_exporter.errors import CheckError, FailureReason
-from pg_runbook_exporter.statement import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -284,8 +283,7 @@ class Session:
             # run: a check never runs under timeouts some earlier statement left behind.
             with self._conn.pipeline() as pipeline, self._conn.cursor() as cur:
                 cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
-                # The server stops at the cap: no more than max_rows + 1 rows reach libpq.
-                cur.execute(bounded(sql, max_rows).encode(), params)
+                cur.execute(sql.encode(), params)
                 pipeline.sync()
                 result = _read(cur, max_rows)
         except psycopg.Error as exc:
