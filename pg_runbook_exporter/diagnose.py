@@ -21,6 +21,7 @@ from pg_runbook_exporter.database_url import DatabaseTarget
 from pg_runbook_exporter.errors import DiagnoseError
 from pg_runbook_exporter.playbook import Diagnosis
 from pg_runbook_exporter.session import Session
+from pg_runbook_exporter.statement import bounded
 
 TIMEOUT = 5.0  # seconds: the checks' default statement_timeout
 LOCK_TIMEOUT = 0.1  # and lock_timeout: never queue behind an ACCESS EXCLUSIVE lock
@@ -116,7 +117,11 @@ def run(config: Config, target: DatabaseTarget, alert: str, labels: Mapping[str,
     try:
         session.connect()
         result = session.run(
-            diagnosis.sql, params, timeout=TIMEOUT, lock_timeout=LOCK_TIMEOUT, max_rows=MAX_ROWS
+            bounded(diagnosis.sql, MAX_ROWS),
+            params,
+            timeout=TIMEOUT,
+            lock_timeout=LOCK_TIMEOUT,
+            max_rows=MAX_ROWS,
         )
     finally:
         session.close()

@@ -55,8 +55,8 @@ def to_number(value: Any) -> float | None:
 
 # What ends a cut value: "…" and 6 hex digits of a hash of the whole value (so cut values that
 # share a prefix stay apart). config.LABEL_VALUE_MIN_LENGTH leaves at least one character before.
-_MARK = "…"
-_HASH_DIGITS = 6
+MARK = "…"
+HASH_DIGITS = 6
 
 
 def capped(value: str, max_length: int) -> str:
@@ -64,8 +64,8 @@ def capped(value: str, max_length: int) -> str:
     if len(value) <= max_length:
         return value
     digest = hashlib.sha256(value.encode("utf-8", errors="surrogatepass")).hexdigest()
-    keep = max_length - len(_MARK) - _HASH_DIGITS
-    return value[:keep] + _MARK + digest[:_HASH_DIGITS]
+    keep = max_length - len(MARK) - HASH_DIGITS
+    return value[:keep] + MARK + digest[:HASH_DIGITS]
 
 
 def label_text(value: Any) -> str:

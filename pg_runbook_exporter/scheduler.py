@@ -24,8 +24,9 @@ from pg_runbook_exporter.config import Check, Config
 from pg_runbook_exporter.database_url import DatabaseTarget
 from pg_runbook_exporter.errors import CheckError, FailureReason, SkipReason
 from pg_runbook_exporter.samples import build_samples
-from pg_runbook_exporter.session import ServerFacts, Session
+from pg_runbook_exporter.session import QueryResult, ServerFacts, Session
 from pg_runbook_exporter.state import ResultCache, Snapshot
+from pg_runbook_exporter.statement import Statements
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Scheduler:
         self._clock = clock
         self._params = config.sql_params()
         self._label_cap = config.label_value_max_length
+        self._statements = Statements(label_value_max_length=self._label_cap)
         # Checks that read files run on a thread of their own, never waiting on the database.
         self._files = files
         relations = sorted({r for c in config.checks for r in c.requires.relations})
@@ -258,13 +260,20 @@ class Scheduler:
             return
         sql = check.sql_for(facts.major)
         assert sql is not None  # unmet_requirement() covered it
-        try:
-            result = session.run(
-                sql,
+
+        def execute(text: str) -> QueryResult:
+            return session.run(
+                text,
                 self._params,
                 timeout=check.timeout,
                 lock_timeout=check.lock_timeout,
                 max_rows=check.max_series,
+            )
+
+        try:
+            # The server stops at max_series and cuts long label values (statement.py).
+            result = self._statements.run(
+                sql, labels=check.labels, max_rows=check.max_series, execute=execute
             )
             samples = build_samples(check, result, label_value_max_length=self._label_cap)
         except CheckError as error:

@@ -203,6 +203,10 @@ class ExporterProcess:
         self._process = _Process("exporter", args, workdir=workdir, env=env)
         _started(self._process, self.url, "the exporter")
 
+    @property
+    def pid(self) -> int:
+        return self._process.process.pid
+
     def scrape(self) -> str:
         return http_get(self.url).decode()
 
