@@ -58,7 +58,10 @@ def fix(kind: Offenders, labels: dict[str, str]) -> str | None:
     pid, start = labels.get("pid", ""), labels.get("backend_start", "")
     if not _PID.match(pid) or not _BACKEND_START.match(start):
         return None
-    action = "pg_cancel_backend" if kind is Offenders.LONG_RUNNING else "pg_terminate_backend"
+    # A running query, or a maintenance command holding the lock, is cancelled (the lock alerts'
+    # fix ``when: command`` in mixin/alerts.yaml); a session idle in its transaction is ended.
+    cancel = kind is Offenders.LONG_RUNNING or bool(labels.get("command"))
+    action = "pg_cancel_backend" if cancel else "pg_terminate_backend"
     return (
         f"SELECT {action}(pid) FROM pg_stat_activity "
         f"WHERE pid = {pid} AND backend_start = '{start}';"

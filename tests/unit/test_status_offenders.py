@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pg_runbook_exporter import playbook
 from pg_runbook_exporter.status.offenders import fix
 from pg_runbook_exporter.status.rules import Offenders
 
@@ -32,4 +33,19 @@ def test_a_prepared_transaction_is_rolled_back_by_its_gid_quoted() -> None:
     labels = {"pid": "0", "gid": "it's", "backend_start": ""}
     assert fix(Offenders.BLOCKERS, labels) == (
         "ROLLBACK PREPARED 'it''s';  -- as the prepared transaction's owner"
+    )
+
+
+def test_a_blocker_s_fix_is_the_lock_alerts_fix_for_the_same_labels() -> None:
+    """The page's diagnosis and the status page choose alike: a maintenance command holding the lock
+    is cancelled, a session is terminated. Fails if either side changes its choice alone."""
+    diagnosis = playbook.load()["PostgresLockWait"]
+    for labels in (
+        {"pid": "5009", "backend_start": START, "command": "CREATE INDEX"},
+        {"pid": "5009", "backend_start": START, "command": ""},
+    ):
+        chosen = diagnosis.fix_for({**labels, "gid": ""})
+        assert fix(Offenders.BLOCKERS, labels) == " ".join(chosen.split())
+    assert "pg_cancel_backend" in (
+        fix(Offenders.BLOCKERS, {"pid": "1", "backend_start": START, "command": "CLUSTER"}) or ""
     )
