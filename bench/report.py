@@ -132,6 +132,28 @@ def _ratio(tp: dict[str, Any], a: str, b: str, c: str) -> float | None:
         return None
 
 
+# CPU s/min at 2 scrapers of the 2026-11-24 report, when every check run re-rendered the whole
+# exposition; rendering per check aims at a third of it.
+CPU_BEFORE = 0.46
+
+
+def _resource_rows(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """The exporter's own CPU and memory against their targets."""
+    rows: list[tuple[str, str, bool | None]] = []
+    load_2 = res.get("load", {}).get("2", {}).get("pgrb", {})
+    cpu = load_2.get("cpu_s_per_min")
+    rows.append(
+        (
+            f"CPU s/min at 2 scrapers ≤ {CPU_BEFORE / 3:.2f} (a third of {CPU_BEFORE:.2f})",
+            _n(cpu, 2),
+            None if cpu is None else cpu <= CPU_BEFORE / 3,
+        )
+    )
+    rss = res.get("rss_after_load_mb", {}).get("pgrb")
+    rows.append(("RSS ≤ 60 MB", f"{_n(rss, 1)} MB", None if rss is None else rss <= 60))
+    return rows
+
+
 def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met?) — met is None when the run could not measure it."""
     tp = res.get("throughput", {})
@@ -140,7 +162,7 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         for other, want, what in (
             ("qe", 20.0, "query-exporter"),
             ("pge", 100.0, "postgres_exporter"),
-            ("fixed", 0.25, "the ceiling"),
+            ("fixed", 0.80, "the ceiling"),
         ):
             r = _ratio(tp, "pgrb", other, c)
             shown = f"≥ {want:g}{TIMES}" if want >= 1 else f"≥ {want:.0%}"
@@ -174,8 +196,7 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 ratio <= 1.10,
             )
         )
-    rss = res.get("rss_after_load_mb", {}).get("pgrb")
-    rows.append(("RSS ≤ 60 MB", f"{_n(rss, 1)} MB", None if rss is None else rss <= 60))
+    rows += _resource_rows(res)
     ext = res.get("extra_tables")
     if ext:
         n = ext["count"]
