@@ -6,7 +6,6 @@ Exit status: 0 passed, 1 failed (a record says why), 2 bad options or settings, 
 
 from __future__ import annotations
 
-import logging
 import signal
 import tempfile
 from pathlib import Path
@@ -20,8 +19,6 @@ from pg_runbook_exporter.database_url import DatabaseTarget, parse_database_url
 from pg_runbook_exporter.errors import ConfigError, DatabaseUrlError
 from pg_runbook_exporter.logs import setup_logging
 from pg_runbook_exporter.validation import parse_duration
-
-logger = logging.getLogger(__name__)
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1

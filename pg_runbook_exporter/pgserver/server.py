@@ -20,11 +20,24 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
+from pg_runbook_exporter.errors import ExporterError
+
 SUPERUSER = "postgres"
 
 
-class ServerError(RuntimeError):
-    """A PostgreSQL program failed; the message carries the tail of its output or log."""
+class ServerError(ExporterError):
+    """A PostgreSQL program or a server failed: ``what`` in one line, then the tail of the
+    program's ``output`` and of the server's ``log`` (either may be empty)."""
+
+    def __init__(self, what: str, *, output: str = "", log: str = "") -> None:
+        parts = [what, output, f"server log:\n{log}" if log else ""]
+        super().__init__("\n".join(part for part in parts if part))
+        self.what = what
+        self.output = output
+        self.log = log
+
+    def lines(self) -> list[str]:
+        return str(self).splitlines()
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ def run_program(
         output = out.read()
     if done.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        raise ServerError(f"{Path(args[0]).name} exited {done.returncode}:\n{tail}")
+        raise ServerError(f"{Path(args[0]).name} exited {done.returncode}", output=tail)
     return output
 
 

@@ -250,7 +250,7 @@ class ThrowawayServer(PostgresServer):
                 log = self.log_tail()
                 # The port was free when picked; someone may have taken it since.
                 if not (retry_port and "could not bind" in log and attempt < _PORT_ATTEMPTS):
-                    raise ServerError(f"{exc}\nserver log:\n{log}") from exc
+                    raise ServerError(exc.what, output=exc.output, log=log) from exc
                 self.port = free_port()
 
     def _create(self) -> None:

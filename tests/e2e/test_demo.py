@@ -1,7 +1,10 @@
-"""The README's first command: the demo serves the seeded faults and cleans up on Ctrl-C."""
+"""The README's first command: the demo serves the seeded faults, on /metrics and /status, and
+cleans up on Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -24,6 +27,8 @@ def scrape(port: int) -> Scrape | None:
 
 
 def test_demo_serves_the_seeded_faults_and_removes_everything_on_ctrl_c(tmp_path: Path) -> None:
+    """Fails when a seeded count, the blocked lock or the status page (on in the demo) is missing,
+    or when Ctrl-C leaves the data directory behind."""
     port = free_port()
     log = tmp_path / "demo.log"
     with log.open("w") as out:
@@ -67,6 +72,17 @@ def test_demo_serves_the_seeded_faults_and_removes_everything_on_ctrl_c(tmp_path
         assert metrics is not None
         assert metrics.value("pgrb_lock_blocker_waiting_sessions", **blocker) == 1
         assert metrics.value("pgrb_lock_blocker_waiting_sessions_all", **blocker) == 1
+        # the demo turns the status page on: its offenders name the same blocker
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as reply:
+            document = json.load(reply)
+        sections = {section["kind"]: section for section in document["offenders"]}
+        blockers = sections["blockers"]["offenders"]
+        assert [(b["application_name"], b["relation"]) for b in blockers] == [
+            ("portal-migrations", "public.portal_orders")
+        ]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as reply:
+            assert reply.status == 200
+            assert "portal-migrations" in reply.read().decode()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
@@ -74,6 +90,7 @@ def test_demo_serves_the_seeded_faults_and_removes_everything_on_ctrl_c(tmp_path
             process.kill()
     output = log.read_text()
     assert f"http://127.0.0.1:{port}/metrics" in output
+    assert f"http://127.0.0.1:{port}/status" in output
     data_dir = re.search(r"removed (\S+)", output)
     assert data_dir is not None, output
     assert not Path(data_dir.group(1)).exists()

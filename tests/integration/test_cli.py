@@ -11,13 +11,17 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import pytest
+import yaml
 
+from pg_runbook_exporter.app import STATUS_WITHOUT_AUTH
 from pg_runbook_exporter.pgserver.throwaway import free_port
 from tests.conftest import REPO
 
@@ -218,3 +222,39 @@ def test_check_warns_when_the_password_is_on_the_command_line(given: str) -> Non
     else:
         assert warned == []
     assert "Cl1-secret" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("auth", ["none", "basic"])
+def test_check_with_web_status_warns_unless_basic_auth_guards_it(tmp_path: Path, auth: str) -> None:
+    """Fails when ``check --web.status`` stops printing the warning about an unguarded status
+    page, or prints it although the web config has basic auth users."""
+    web_config = tmp_path / "web.yml"
+    users = {"prometheus": bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()}
+    web_config.write_text(yaml.safe_dump({"basic_auth_users": users} if auth == "basic" else {}))
+    done = subprocess.run(
+        [sys.executable, "-m", "pg_runbook_exporter", "check", "--web.status",
+         "--web.config.file", str(web_config)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        env={"PATH": os.environ["PATH"], "DATABASE_URL": UNREACHABLE},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # nothing listens on port 1
+    warned = [x for x in done.stderr.splitlines() if x.startswith("warning: ")]
+    assert warned == ([f"warning: {STATUS_WITHOUT_AUTH}"] if auth == "none" else [])
+
+
+def test_run_with_web_status_logs_the_warning_and_serves_the_page(tmp_path: Path) -> None:
+    """Fails when ``run --web.status`` serves the page without logging that nothing guards it,
+    or does not serve it; without the flag it is 404 and nothing is logged."""
+    with exporter(tmp_path, "--web.status") as running:
+        assert running.get("/status") == 200
+        assert running.get("/status.json") == 200
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=30) == 0
+    warned = [x for x in running.output().splitlines() if "--web.status" in x]
+    assert len(warned) == 1, running.output()
+    assert f'level=warning logger=pg_runbook_exporter.app msg="{STATUS_WITHOUT_AUTH}"' in warned[0]
+    with exporter(tmp_path) as running:
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            running.get("/status")
+        assert missing.value.code == 404
+    assert "--web.status" not in running.output()

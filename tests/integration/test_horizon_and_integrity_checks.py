@@ -163,8 +163,11 @@ def test_the_newest_orphaned_and_duplicated_mappings_date_the_damage(portal_db: 
                                  updated_at)
         VALUES ('1', 'gone-1', NULL, NULL, '2025-03-01 10:00:00', now()),
                ('2', 'gone-2', NULL, NULL, '2025-04-01 12:30:00', now()),
+               ('5', 'gone-1', NULL, NULL, '2025-04-02 07:45:00', now()),
                ('3', 'u1', 77, 'SF-1', '2025-05-01 08:00:00', now()),
-               ('4', 'u2', 77, 'SF-2', '2025-05-02 09:15:00', now())
+               ('4', 'u2', 77, 'SF-2', '2025-05-02 09:15:00', now()),
+               ('6', 'u1', 77, 'SF-3', '2025-04-20 00:00:00', now()),
+               ('7', 'u2', 78, 'SF-4', '2025-06-01 00:00:00', now())
         """,
         dbname=db.name,
     )
@@ -174,10 +177,13 @@ def test_the_newest_orphaned_and_duplicated_mappings_date_the_damage(portal_db: 
             assert found.value("pgrb_check_success", check=name) == 1
     assert clean.get("pgrb_id_mappings_orphaned_newest_created_timestamp_seconds") is None
     assert clean.series("pgrb_id_mappings_duplicated_newest_created_timestamp_seconds") == {}
+    # the newest of gone-1's two rows, not its first one nor gone-2's only one: a per-user_id
+    # lookup taking any row but the newest would report 2025-04-01 12:30
     assert scrape.value("pgrb_id_mappings_orphaned_newest_created_timestamp_seconds") == epoch(
-        "2025-04-01 12:30:00"
+        "2025-04-02 07:45:00"
     )
-    # Salesforce ids differ: no series of that kind
+    # the newest of id 77's three rows (inserted second); id 78's newer single row is no
+    # duplicate. Salesforce ids differ: no series of that kind
     assert scrape.series("pgrb_id_mappings_duplicated_newest_created_timestamp_seconds") == {
         frozenset({"kind": "whmcs"}.items()): epoch("2025-05-02 09:15:00")
     }

@@ -17,7 +17,7 @@ from psycopg import sql
 from pg_runbook_exporter import demo
 from tests.conftest import PortalDb
 from tests.support.collect import Scrape, collect_once, configured, wait_for
-from tests.support.sessions import Sessions
+from tests.support.sessions import Sessions, slow_index_build
 from tests.support.stack import require_tool
 
 OFFENDERS = ["lock_blockers", "long_running_query_offenders", "idle_in_transaction_offenders"]
@@ -148,6 +148,35 @@ def test_a_row_lock_chain_names_its_root_blocker_the_table_and_both_waiter_count
     after = offenders(db, offender_lock_wait_seconds=1)
     assert after.series("pgrb_lock_blocker_waiting_sessions") == {}
     assert after.series("pgrb_lock_blocker_waiting_sessions_all") == {}
+
+
+def test_a_create_index_holding_up_a_write_is_named_with_its_command_and_progress(
+    portal_db_each: PortalDb, sessions: Sessions
+) -> None:
+    """A CREATE INDEX halfway through its table blocks an UPDATE of it. Fails when the root
+    blocker loses its ``command`` label (the page would then offer to end the session rather than
+    cancel the build) or its progress, or is named with another state or table."""
+    db = portal_db_each
+    builder = slow_index_build(sessions, db.dsn, "slowt")
+    waiter = sessions.open(autocommit=True, application_name="portal-bff")
+    sessions.background(waiter, "UPDATE slowt SET id = id WHERE id = 1")
+    wait_for(lambda: waiting_since(db, waiter.info.backend_pid, 1), what="the update to wait 1 s")
+
+    scrape = offenders(db, offender_lock_wait_seconds=1)
+    expected = labelled(
+        **client(db, builder, "portal-migrations"),
+        state="active",
+        gid="",
+        relation="public.slowt",
+        command="CREATE INDEX",
+    )
+    assert scrape.series("pgrb_lock_blocker_waiting_sessions") == {expected: 1}
+    assert scrape.series("pgrb_lock_blocker_waiting_sessions_all") == {expected: 1}
+    # blocks_done / blocks_total of the "building index: scanning table" phase: 1 of 2
+    assert scrape.series("pgrb_lock_blocker_progress_ratio") == {expected: 0.5}
+    assert scrape.series("pgrb_lock_blocker_transaction_start_timestamp_seconds") == {
+        expected: session_of(db, builder)["xact_start"]
+    }
 
 
 def test_a_prepared_transaction_blocks_as_pid_0_and_is_named_by_its_gid(

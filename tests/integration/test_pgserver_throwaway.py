@@ -14,7 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pg_runbook_exporter.errors import ExporterError
 from pg_runbook_exporter.pgserver.binaries import find_binaries
+from pg_runbook_exporter.pgserver.server import ServerError
 from pg_runbook_exporter.pgserver.throwaway import ThrowawayServer, server_user
 from tests.conftest import PRODUCTION_MAJOR, PortalDb, Server, required, start_throwaway
 
@@ -153,6 +155,20 @@ def test_a_port_taken_after_it_was_picked_is_replaced() -> None:
         with server:
             assert server.port != taken
             assert server.execute("SELECT current_setting('port')::int") == [(server.port,)]
+
+
+def test_a_server_that_cannot_start_is_an_exporter_error_with_its_log() -> None:
+    """Fails when a server that does not start escapes the command line's error handling (a
+    traceback from ``demo``), or when its facts are only inside the message."""
+    server = required(
+        lambda: ThrowawayServer(major=PRODUCTION_MAJOR, settings={"shared_buffers": "plenty"})
+    )
+    with pytest.raises(ServerError) as raised, server:
+        pass
+    assert isinstance(raised.value, ExporterError)
+    assert raised.value.what == "pg_ctl exited 1"
+    assert 'invalid value for parameter "shared_buffers": "plenty"' in raised.value.log
+    assert raised.value.lines()[0] == "pg_ctl exited 1"
 
 
 def test_hot_standby_replays_what_the_primary_writes(

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from pg_runbook_exporter.exposition import EMPTY
+from pg_runbook_exporter.web import auth
 from pg_runbook_exporter.web.auth import BasicAuthenticator
 from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
@@ -196,6 +197,42 @@ def test_answers_are_remembered_by_an_hmac_of_the_header_and_failures_too(cost12
     for digest in remembered:  # keyed digests: neither the secret nor a hash a guess reproduces
         assert PASSWORD.encode() not in digest
         assert digest not in {hashlib.sha256(h).digest() for h in (good, bad, unknown)}
+
+
+def test_remembered_failures_are_bounded_and_the_least_recently_seen_goes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fails when failures pile up without bound (a flood of distinct guesses grows memory for
+    ever), when a failure seen again is evicted before older ones, or when guesses push out a
+    verified scraper."""
+    monkeypatch.setattr(auth, "FAILURES_REMEMBERED", 3)
+    cost4 = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+    authenticator = BasicAuthenticator({"prometheus": cost4})
+    good = authorization("prometheus", PASSWORD).encode()
+    guesses = [authorization("prometheus", f"guess {n}").encode() for n in range(5)]
+    loop = asyncio.new_event_loop()
+
+    def check(header: bytes) -> bool:
+        future = authenticator.verify(loop, header)
+        assert future is not None
+        answer = loop.run_until_complete(future)
+        loop.run_until_complete(asyncio.sleep(0))  # let the done callbacks run
+        return answer
+
+    try:
+        assert check(good) is True
+        for guess in guesses[:4]:
+            assert check(guess) is False
+        assert len(authenticator._failed) == 3
+        assert authenticator.cached(guesses[0]) is None  # the oldest went: bcrypt decides again
+        assert authenticator.cached(guesses[1]) is False  # seen again: now the newest
+        assert check(guesses[4]) is False
+        assert [authenticator.cached(g) for g in guesses[1:]] == [False, None, False, False]
+        assert len(authenticator._failed) == 3
+        assert authenticator.cached(good) is True  # never among the failures
+    finally:
+        authenticator.close()
+        loop.close()
 
 
 def test_unauthenticated_requests_cannot_use_up_the_rate_limit_of_authenticated_ones(
