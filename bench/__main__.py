@@ -1,7 +1,8 @@
 """`python -m bench`: this exporter, postgres_exporter, query-exporter and a fixed-bytes ceiling,
 side by side on one throwaway PostgreSQL; writes docs/benchmarks/README.md and a PNG chart.
 
-Needs wrk and prometheus-postgres-exporter (apt) and query-exporter and matplotlib (pip).
+Needs wrk and prometheus-postgres-exporter (apt) and query-exporter, matplotlib and py-spy (pip;
+without py-spy the report has no CPU profile).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def options(ns: argparse.Namespace) -> Options:
         only=ns.only,
         timing_runs=ns.timing_runs or (3 if quick else 5),
         quick=quick,
+        profile_window=15.0 if quick else 60.0,
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bench.loadgen import PacedScrapers
+from bench.loadgen import PacedScrapers, fetch
 from bench.pgserver import Database
 from bench.targets import Running, cpu_seconds, rss_bytes
 
@@ -50,6 +50,25 @@ class Load:
     db_ms_per_min: float | None
     cpu_s_per_min: float
     rss_mb: float
+    # This exporter's own counts: checks' renders and completed check runs (None for the others)
+    renders_per_min: float | None = None
+    check_runs_per_min: float | None = None
+
+
+RENDERS, RUNS = "pgrb_check_renders_total", "pgrb_check_runs_total"
+
+
+def counted(port: int) -> tuple[float, float] | None:
+    """This exporter's renders and check runs so far (sums over checks), from its exposition."""
+    text = fetch("127.0.0.1", port).text()
+    totals = {RENDERS: 0.0, RUNS: 0.0}
+    found = False
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+            found = True
+    return (totals[RENDERS], totals[RUNS]) if found else None
 
 
 def measure(
@@ -61,12 +80,15 @@ def measure(
     length once, not once per exporter.
     """
     before = statements(dsn)
+    counts0 = {name: counted(t.port) for name, t in targets.items() if name == "pgrb"}
     cpu0 = {name: cpu_seconds(t.proc.pid) for name, t in targets.items()}
     start = time.monotonic()
     endpoints = {name: ("127.0.0.1", t.port) for name, t in targets.items()}
     with PacedScrapers(endpoints, count=scrapers, interval=interval) as paced:
         time.sleep(window)
     elapsed = time.monotonic() - start
+    cpu1 = {name: cpu_seconds(t.proc.pid) for name, t in targets.items()}
+    counts1 = {name: counted(targets[name].port) for name in counts0}
     after = statements(dsn)
     minutes = elapsed / 60
     out: dict[str, Load] = {}
@@ -77,6 +99,10 @@ def measure(
             c0, t0 = before.get(role, (0, 0.0))
             c1, t1 = after.get(role, (0, 0.0))
             stmts, ms = (c1 - c0) / minutes, (t1 - t0) / minutes
+        renders = runs = None
+        was, now = counts0.get(name), counts1.get(name)
+        if was is not None and now is not None:
+            renders, runs = (now[0] - was[0]) / minutes, (now[1] - was[1]) / minutes
         out[name] = Load(
             scrapers=scrapers,
             interval=interval,
@@ -85,7 +111,9 @@ def measure(
             failed_scrapes=paced.failures[name],
             statements_per_min=stmts,
             db_ms_per_min=ms,
-            cpu_s_per_min=(cpu_seconds(target.proc.pid) - cpu0[name]) / minutes,
+            cpu_s_per_min=(cpu1[name] - cpu0[name]) / minutes,
             rss_mb=rss_bytes(target.proc.pid) / 2**20,
+            renders_per_min=renders,
+            check_runs_per_min=runs,
         )
     return out

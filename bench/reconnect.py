@@ -119,6 +119,25 @@ def hang_once(server: ThrowawayServer, limit: Limit) -> float | None:
         proxy.close()
 
 
+FIGURES = (
+    ("terminate", "`pg_terminate_backend` of its session → every check ran again", terminate),
+    ("restart", "restart (from accepting connections) → every check ran again", restart),
+    ("hung", "a proxy that stops relaying → `pgrb_up` 0", hung),
+)
+
+
+def measure(
+    *, major: int, repeat: int, limit: Limit = Limit(), only: tuple[str, ...] = ()
+) -> dict[str, list[float | None]]:
+    """Each figure's seconds, `repeat` times, on a throwaway server of its own."""
+    found: dict[str, list[float | None]] = {}
+    with ThrowawayServer(major=major) as server:
+        for name, _, figure in FIGURES:
+            if not only or name in only:
+                found[name] = figure(server, repeat, limit)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -128,16 +147,10 @@ def main() -> None:
     args = parser.parse_args()
     limit = Limit(args.limit)
     logging.basicConfig(level=logging.ERROR)
-    with ThrowawayServer(major=args.major) as server:
-        for what, measure in (
-            ("pg_terminate_backend → every check ran again", terminate),
-            ("restart (server accepting) → every check ran again", restart),
-            ("proxy stops relaying → pgrb_up 0", hung),
-        ):
-            if args.only and measure.__name__ not in args.only:
-                continue
-            figures = measure(server, args.repeat, limit)
-            print(f"{what}: {', '.join(shown(f, limit) for f in figures)}", flush=True)
+    found = measure(major=args.major, repeat=args.repeat, limit=limit, only=tuple(args.only or ()))
+    for name, what, _ in FIGURES:
+        if name in found:
+            print(f"{what}: {', '.join(shown(f, limit) for f in found[name])}", flush=True)
 
 
 if __name__ == "__main__":

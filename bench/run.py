@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import checks, dbload, loadgen, overhead, seed, targets, timing
+from bench import checks, dbload, loadgen, overhead, profile, reconnect, seed, targets, timing
 from bench.pgserver import Database, start
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class Options:
     only: tuple[str, ...]  # targets to run: pgrb, pge, qe (fixed always runs)
     timing_runs: int = 5  # runs of every check behind each per-check median
     quick: bool = False
+    profile_window: float = 60.0  # seconds of py-spy sampling of this exporter
 
 
 def _specs(db: Database, opts: Options, qe_config: Path) -> list[targets.Spec]:
@@ -203,6 +204,16 @@ def run(opts: Options) -> dict[str, Any]:
                     db.dsn, up, scrapers=n, interval=opts.scrape_interval, window=opts.load_window
                 )
                 results["load"][str(n)] = {k: asdict(v) for k, v in loads.items()}
+            if "pgrb" in up:
+                # After the load windows, so the sampler's own work never lands in their figures.
+                found = profile.measure(
+                    up["pgrb"],
+                    scrapers=2,
+                    interval=opts.scrape_interval,
+                    window=opts.profile_window,
+                    workdir=work,
+                )
+                results["profile"] = asdict(found) if found else None
             results["throughput"] = _throughput(
                 up, connections=opts.connections, rounds=opts.rounds, duration=opts.duration
             )
@@ -231,6 +242,9 @@ def run(opts: Options) -> dict[str, Any]:
                     db.dsn, checks=integrity, timeout_s=opts.integrity_timeout
                 )
             ]
+    if "pgrb" in opts.only:
+        # Last and on a server of its own: it stops and restarts PostgreSQL.
+        results["reconnect"] = reconnect.measure(major=opts.major, repeat=1 if opts.quick else 3)
     return results
 
 

@@ -83,7 +83,7 @@ class Renderer:
             state=state,
             fresh=fresh,
             renders=renders,
-            fragment=Fragment.of(*formats(_Families(check_families(state, now)))),
+            fragment=Fragment(*formats(_Families(check_families(state, now)))),
             lines=tuple(
                 frame.lines(index, family)
                 for index, family in enumerate(

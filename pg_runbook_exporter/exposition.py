@@ -1,16 +1,16 @@
 """The metrics exposition, assembled from rendered fragments once per snapshot and served as bytes.
 
 A scrape never renders: the collection side renders a check's fragment when the check completes a
-run, `assemble()`s the bodies from the fragments once per snapshot and hands them to the web
-server, which only picks one of the four pre-built bodies by the request's `Accept` and
-`Accept-Encoding` headers (`web.negotiation.negotiate()`).
+run, `assemble()`s the plain bodies from the fragments once per snapshot and hands them to the web
+server, which picks a body by the request's `Accept` and `Accept-Encoding` headers
+(`web.negotiation.negotiate()`). Compression is the one thing left to the first scrape of a
+variant: it joins the gzip members of the fragments, compressing only those never compressed.
 """
 
 from __future__ import annotations
 
 import gzip
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as openmetrics_format
@@ -50,28 +50,48 @@ def generation_header(generation: int) -> bytes:
     return f"{GENERATION_HEADER}: {generation}\r\n".encode()
 
 
-@dataclass(frozen=True)
 class Exposition:
-    """Prometheus text 0.0.4 and OpenMetrics 1.0.0 bodies, each plain and gzip-compressed."""
+    """Prometheus text 0.0.4 and OpenMetrics 1.0.0 bodies, each plain and gzip-compressed.
 
-    text: bytes
-    text_gzip: bytes
-    openmetrics: bytes
-    openmetrics_gzip: bytes
-    generation: int = 0  # counts renders; 0 before the first
+    The plain bodies are joined when the exposition is made; a gzip body the first time a scrape
+    asks for it, from its parts' members (each compressed once, when first asked for). Scrapers
+    that all ask for one variant (Prometheus: OpenMetrics, gzip) never cost the other three.
+    """
+
+    __slots__ = ("_gzip", "_parts", "generation", "openmetrics", "text")
+
+    def __init__(self, parts: Sequence[Fragment], generation: int = 0) -> None:
+        self._parts = tuple(parts)
+        self.text = b"".join(p.text for p in self._parts)
+        self.openmetrics = b"".join(p.openmetrics for p in self._parts)
+        self.generation = generation  # counts renders; 0 before the first
+        self._gzip: list[bytes | None] = [None, None]
 
     @property
     def headers(self) -> bytes:
         """The generation header line, so a client can match /metrics with /status."""
         return generation_header(self.generation)
 
+    def _gzipped(self, openmetrics: bool) -> bytes:
+        # Two threads asking at once both build the same bytes; either result is right.
+        body = self._gzip[openmetrics]
+        if body is None:
+            body = b"".join(p.member(openmetrics) for p in self._parts)
+            self._gzip[openmetrics] = body
+        return body
+
     @property
-    def bodies(self) -> tuple[bytes, bytes, bytes, bytes]:
-        """The bodies in `Variant` order."""
-        return (self.text, self.text_gzip, self.openmetrics, self.openmetrics_gzip)
+    def text_gzip(self) -> bytes:
+        return self._gzipped(False)
+
+    @property
+    def openmetrics_gzip(self) -> bytes:
+        return self._gzipped(True)
 
     def body(self, variant: Variant) -> bytes:
-        return self.bodies[variant]
+        if variant.gzipped:
+            return self._gzipped(variant >= Variant.OPENMETRICS)
+        return self.openmetrics if variant >= Variant.OPENMETRICS else self.text
 
 
 # The OpenMetrics module carries no annotations; this binding gives its one call a type.
@@ -91,41 +111,38 @@ def formats(collector: Collector) -> tuple[bytes, bytes]:
     return text, openmetrics.removesuffix(EOF)
 
 
-@dataclass(frozen=True)
 class Fragment:
     """A run of whole lines of the exposition in both formats, each also as its own gzip member.
 
     Gzip members concatenated are one valid gzip stream whose content is the concatenation of
-    theirs (RFC 1952), so a body is its fragments' members joined: a fragment is compressed once,
-    when it is rendered, however often the bodies around it change.
+    theirs (RFC 1952), so a gzip body is its fragments' members joined: a fragment is compressed
+    once, the first time a scrape needs it, however often the bodies around it change.
     """
 
-    text: bytes
-    openmetrics: bytes
-    text_gzip: bytes
-    openmetrics_gzip: bytes
+    __slots__ = ("_members", "openmetrics", "text")
 
-    @classmethod
-    def of(cls, text: bytes, openmetrics: bytes) -> Fragment:
-        return cls(text, openmetrics, _compress(text), _compress(openmetrics))
+    def __init__(self, text: bytes, openmetrics: bytes) -> None:
+        self.text = text
+        self.openmetrics = openmetrics
+        self._members: list[bytes | None] = [None, None]
+
+    def member(self, openmetrics: bool) -> bytes:
+        """The gzip member of the OpenMetrics (else the text) lines."""
+        member = self._members[openmetrics]
+        if member is None:
+            member = _compress(self.openmetrics if openmetrics else self.text)
+            self._members[openmetrics] = member
+        return member
 
 
 def assemble(
     fragments: Sequence[Fragment], text: bytes, openmetrics: bytes, generation: int = 0
 ) -> Exposition:
-    """The four bodies of `fragments` followed by one last part, given plain and compressed here.
+    """The bodies of `fragments` followed by one last part.
 
     The last part carries OpenMetrics' `# EOF`, so the fragments before it are reused as they are.
     """
-    last = Fragment.of(text, openmetrics + EOF)
-    parts = (*fragments, last)
-    return Exposition(
-        text=b"".join(p.text for p in parts),
-        text_gzip=b"".join(p.text_gzip for p in parts),
-        openmetrics=b"".join(p.openmetrics for p in parts),
-        openmetrics_gzip=b"".join(p.openmetrics_gzip for p in parts),
-        generation=generation,
-    )
+    return Exposition((*fragments, Fragment(text, openmetrics + EOF)), generation)
 
 
 def render(collector: Collector, generation: int = 0) -> Exposition:

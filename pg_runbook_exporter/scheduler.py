@@ -2,7 +2,9 @@
 
 Every worker owns one session (one connection), so the exporter never opens more connections than
 workers. A check is taken off the queue while it runs, so two runs of one check never overlap, and
-the next run is due one interval after this one started (never a backlog of missed runs).
+the next run is due one interval after this one started (never a backlog of missed runs). Checks
+due at one moment run back to back and are published (rendered and joined) once, after the last
+of them, unless the next was slow last time — a result waits at most about `PUBLISH_HOLD`.
 
 A lost session is taken up by its worker as soon as it is noticed (a failed run, or the watcher
 seeing the idle socket end) rather than at the next due run: reconnected at once, with backoff only
@@ -29,6 +31,11 @@ from pg_runbook_exporter.state import ResultCache, Snapshot
 from pg_runbook_exporter.statement import Statements
 
 logger = logging.getLogger(__name__)
+
+PUBLISH_HOLD = 1.0
+"""Seconds a result may wait for the checks due with it before the snapshot is published anyway."""
+SHORT_RUN = 0.1
+"""A result is held back only for a next check whose last run took less than this (seconds)."""
 
 
 def unmet_requirement(check: Check, facts: ServerFacts) -> SkipReason | None:
@@ -95,6 +102,7 @@ class Scheduler:
             for i in range(connections)
         ]
         self._suspects: set[Session] = set()  # idle sessions whose socket woke up
+        self._took: dict[str, float] = {}  # seconds each check's last run took
         self._queue: list[tuple[float, int, Check]] = []
         self._files_queue: list[tuple[float, int, Check]] = []
         self._order = itertools.count()
@@ -224,14 +232,19 @@ class Scheduler:
         *,
         session: Session | None = None,
     ) -> None:
+        held: float | None = None  # when the oldest result not yet published was recorded
         while (check := self._next(queue, session)) is not None:
             if isinstance(check, Session):
                 self._revive(check)
+                held = None
                 continue
             started = self._clock()
             try:
                 run(check)
-                self.publish()
+                self._took[check.name] = self._clock() - started
+                held = self._held(queue, held)
+                if held is None:
+                    self.publish()
             except Exception:  # a bug must not kill collection, nor log a traceback every run
                 first = check.name not in self._crashed
                 self._crashed.add(check.name)
@@ -243,6 +256,19 @@ class Scheduler:
                 )
             finally:
                 self._requeue(queue, check, started)
+
+    def _held(self, queue: list[tuple[float, int, Check]], held: float | None) -> float | None:
+        """Hold a result back while another check of `queue` is due now and was quick last time,
+        so checks due together are published (rendered, joined) once — but none longer than
+        `PUBLISH_HOLD`; None: publish now."""
+        with self._cond:
+            now = self._clock()
+            quick = bool(queue) and queue[0][0] <= now
+            quick = quick and self._took.get(queue[0][2].name, SHORT_RUN) < SHORT_RUN
+        if not quick:
+            return None
+        held = now if held is None else held
+        return held if now - held < PUBLISH_HOLD else None
 
     def _run(self, session: Session, check: Check) -> None:
         started = self._clock()

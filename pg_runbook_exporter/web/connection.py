@@ -1,7 +1,8 @@
 """One HTTP/1.1 connection: TLS, parse (llhttp), authorise, route, write pre-built responses.
 
-Everything here runs on the server's event-loop thread. A scrape costs a parse, two dict lookups
-and one `write()` of a response built once per exposition and second. The connection reads
+Everything here runs on the server's event-loop thread. A scrape costs a parse (or, for a head
+byte for byte the connection's last, one comparison), two dict lookups and one `write()` of a
+response built once per exposition and second. The connection reads
 `shared.settings` (frozen) and the two callables `shared` carries; it never sees the server.
 
 Deadlines are absolute: a request head must be complete `request_head_timeout` after its first
@@ -18,7 +19,7 @@ import ssl
 import struct
 
 from pg_runbook_exporter.web.auth import BasicAuthenticator
-from pg_runbook_exporter.web.request import HeadReader, ParseError, Request
+from pg_runbook_exporter.web.request import Head, HeadReader, ParseError, Request
 from pg_runbook_exporter.web.shared import CLOSE, Shared
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None  # None until a TLS handshake completes
         self.client = ""
         self.reader = HeadReader()
+        # The last request head parsed whole from one read, and what llhttp made of it: a scraper
+        # sends the same bytes every time, and the same bytes always parse the same way.
+        self.repeat = b""
+        self.repeated: Head | None = None
         self.buffer = b""  # received, not yet fed to the parser
         self.head_bytes = 0  # fed since the last complete request head
         self.in_head = True  # a byte of the next request head has arrived (or none was served)
@@ -186,6 +191,9 @@ class Connection(asyncio.Protocol):
     def process(self) -> None:
         """Feed the parser one request head at a time, so that a request waiting for its
         password check or for the client to read holds back the ones pipelined after it."""
+        if self.buffer == self.repeat and not self.head_bytes and self.repeated is not None:
+            self.serve_repeat(self.repeated)
+            return
         buffer, start, limit = self.buffer, 0, self.shared.settings.limits.max_request_head_bytes
         view = None
         while start < len(buffer) and not (self.closing or self.auth or self.write_paused):
@@ -207,6 +215,8 @@ class Connection(asyncio.Protocol):
                 break
             start = stop
             if head is not None:
+                if chunk is buffer and head[2] is None and not head[0][4]:
+                    self.repeat, self.repeated = buffer, head
                 self.head_bytes, self.in_head = 0, False
                 self.handle(*head)
         self.buffer = buffer[start:] if start else buffer
@@ -218,6 +228,14 @@ class Connection(asyncio.Protocol):
                 self.in_head = True
                 self.deadline = settings.clock() + settings.limits.request_head_timeout
         elif not self.in_head:
+            self.deadline = settings.clock() + settings.limits.idle_timeout
+
+    def serve_repeat(self, head: Head) -> None:
+        """Answer a head equal to the last one parsed; llhttp sits between messages, as then."""
+        self.buffer, self.in_head = b"", False
+        self.handle(*head)
+        if not (self.closing or self.auth or self.write_paused):
+            settings = self.shared.settings
             self.deadline = settings.clock() + settings.limits.idle_timeout
 
     def handle(

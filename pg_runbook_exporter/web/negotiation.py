@@ -1,4 +1,4 @@
-"""Content negotiation for /metrics: which of four pre-built bodies a request's headers ask for."""
+"""Content negotiation for /metrics: which of four bodies a request's headers ask for."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ class Variant(enum.IntEnum):
 
 
 class Bodies(Protocol):
-    """What the server serves on /metrics: a body per variant, built before any request asks,
-    and the header lines (each ending in CRLF) its responses carry besides the usual ones."""
+    """What the server serves on /metrics: a body per variant (built at once, or compressed the
+    first time a request asks), and the header lines (each ending in CRLF) its responses carry
+    besides the usual ones."""
 
     @property
     def headers(self) -> bytes: ...

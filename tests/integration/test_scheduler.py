@@ -9,7 +9,7 @@ from typing import Any
 from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.session import APPLICATION_NAME
 from tests.conftest import PortalDb
-from tests.support.collect import serving, wait_for
+from tests.support.collect import Scrape, pipeline_for, serving, state_of, wait_for
 from tests.support.unvetted import unvetted_config
 
 
@@ -118,3 +118,64 @@ def test_never_more_connections_than_configured_nor_two_runs_of_one_check(
             queries = [row[2] for row in backends if row[1] == "active"]
             assert len(queries) == len(set(queries)), queries
     assert most == 2
+
+
+def test_checks_due_together_are_published_once_not_once_per_run(portal_db: PortalDb) -> None:
+    """Ten quick checks due at one moment: publishing after every run would make ten or more
+    snapshots (generations) out of their first cycle, and the second cycle as many again."""
+    checks = "\n".join(
+        f"""
+  quick_{i}:
+    help: Answers at once.
+    interval: 2s
+    timeout: 1s
+    sql: SELECT {i} AS quick_{i}
+    metrics: {{quick_{i}: {{name: quick_{i}, type: gauge, help: A number.}}}}"""
+        for i in range(10)
+    )
+    pipeline = pipeline_for(portal_db.monitor_dsn, config_of("checks:" + checks))
+    renderer, cache = pipeline.renderer, pipeline.cache
+    pipeline.scheduler.start()
+    try:
+
+        def runs() -> list[int]:
+            return [state_of(cache, f"quick_{i}").runs for i in range(10)]
+
+        wait_for(lambda: min(runs()) >= 2, what="two runs of every check")
+        generations = renderer.generation
+        wait_for(lambda: min(runs()) >= 3, what="a third run of every check")
+        assert renderer.generation - generations < 10
+        scrape = Scrape.parse(renderer.exposition.text.decode())
+        assert [scrape.value(f"pgrb_quick_{i}") for i in range(10)] == list(range(10))
+    finally:
+        pipeline.scheduler.stop()
+
+
+def test_a_result_is_published_before_a_check_of_unknown_length_runs(portal_db: PortalDb) -> None:
+    """One session, the quick check first and a 20 s one due with it: held for its sibling,
+    the quick result would reach /metrics only after the sleep."""
+    config = config_of("""
+checks:
+  a_fast:
+    help: A quick check, first in the queue.
+    interval: 1h
+    sql: SELECT 42 AS answer
+    metrics: {answer: {name: answer, type: gauge, help: The answer.}}
+  b_slow:
+    help: A check that takes a while, due with it.
+    interval: 1h
+    timeout: 30s
+    sql: SELECT 1 AS done FROM pg_sleep(20)
+    metrics: {done: {name: slow_done, type: gauge, help: Set when the sleep ended.}}
+""")
+    with serving(portal_db.monitor_dsn, config, connections=1) as exporter:
+
+        def slow_is_running() -> bool:
+            return any(
+                "pg_sleep(20)" in row[2] and row[1] == "active"
+                for row in exporter_backends(portal_db)
+            )
+
+        wait_for(slow_is_running, what="the slow check to be running on the server")
+        assert exporter.scrape().value("pgrb_answer") == 42
+        assert slow_is_running()

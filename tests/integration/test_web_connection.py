@@ -30,6 +30,7 @@ from tests.support.webclient import (
     connect,
     is_open,
     read_response,
+    request,
     self_signed,
     server_factory,
     settle,
@@ -198,3 +199,39 @@ def test_tls_handshakes_hold_slots_and_end_at_the_head_deadline(
         assert closed(sock)
         sock.close()
     assert scrape(server.port, context=context) == exposition.text
+
+
+def test_a_repeated_request_head_is_answered_as_parsed_and_a_changed_one_is_parsed_anew(
+    serve: Callable[..., WebServer], exposition: Exposition
+) -> None:
+    """A scraper's identical heads skip llhttp; a cache keyed on the path, or on a connection's
+    first head, would answer the third request below with OpenMetrics."""
+    server = serve()
+    client = Client(server.port)
+    openmetrics = {"Accept": "application/openmetrics-text;version=1.0.0"}
+    first, second = client.get(headers=openmetrics), client.get(headers=openmetrics)
+    assert first.headers["content-type"] == second.headers["content-type"]
+    assert first.headers["content-type"].startswith("application/openmetrics-text")
+    assert second.body == exposition.openmetrics
+    text = {"Accept": "text/plain;version=0.0.4"}
+    third = client.get(headers=text)
+    assert third.headers["content-type"].startswith("text/plain")
+    assert third.body == exposition.text
+    assert client.get("/healthz").body == b"ok\n"
+    client.close()
+
+
+def test_a_malformed_head_as_long_as_a_repeated_good_one_is_still_refused(
+    serve: Callable[..., WebServer],
+) -> None:
+    """One NUL in place of a letter of the head just served: only llhttp can tell."""
+    server = serve()
+    client = Client(server.port)
+    good = request(headers={"User-Agent": "Prometheus/3.1.0"})
+    for _ in range(2):
+        client.send(good)
+        assert read_response(client.file).status == 200
+    client.send(good.replace(b"Prometheus", b"Prome\x00heus"))
+    assert read_response(client.file).status == 400
+    assert client.closed_by_server()
+    client.close()
