@@ -175,6 +175,8 @@ class Session:
             params.pop("options", "") or "",
             # A check never holds a transaction open; if one ever did, the server ends it.
             "-c idle_in_transaction_session_timeout=60s",
+            # A statement whose socket was shut down (a stop, a deadline) ends on the server too.
+            "-c client_connection_check_interval=1s",
             *(f"-c {name}={_escape_option(value)}" for name, value in self._pinned().items()),
         ]
         params["options"] = " ".join(o for o in options if o)
@@ -389,12 +391,3 @@ class Session:
                 conn.close()
             except psycopg.Error:
                 logger.debug("%s: error while closing", self._name, exc_info=True)
-
-    def cancel(self) -> None:
-        """Ask the server to cancel the running statement (from another thread)."""
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.cancel_safe(timeout=2.0)
-            except psycopg.Error:
-                logger.debug("%s: cancel failed", self._name, exc_info=True)
