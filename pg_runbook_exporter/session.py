@@ -291,6 +291,7 @@ class Session:
         Raises CheckError. Whatever the statement did to the session, the next one starts from
         the state the connection was opened with, or on a new connection.
         """
+        failure: psycopg.Error | None = None
         try:
             if self._conn is None:
                 raise psycopg.OperationalError("not connected")
@@ -301,15 +302,20 @@ class Session:
                 self._conn.pipeline() as pipeline,
                 self._conn.cursor() as cur,
             ):
-                cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
-                cur.execute(sql.encode(), params)
-                pipeline.sync()
-                result = _read(cur, max_rows)
+                try:
+                    cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
+                    cur.execute(sql.encode(), params)
+                    pipeline.sync()
+                    result = _read(cur, max_rows)
+                except psycopg.Error as exc:  # not raised through the pipeline's exit, where
+                    failure = exc  # psycopg would log a lost connection a second time
         except psycopg.Error as exc:
-            if classify(exc) is FailureReason.CONNECTION:
-                self._fail(exc)
-                raise self._error(exc) from None
-            error = self._error(exc)
+            failure = failure or exc  # an error from ending the pipeline comes after the first
+        if failure is not None:
+            if classify(failure) is FailureReason.CONNECTION:
+                self._fail(failure)
+                raise self._error(failure) from None
+            error = self._error(failure)
             self._reset(timeout)
             raise error from None
         self._reset(timeout)
