@@ -81,6 +81,7 @@ class Deadline:
 
     fd: int
     at: float
+    owner: Liveness | None = None
     expired: bool = field(default=False)
 
 
@@ -122,14 +123,19 @@ class Watcher:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def deadline(self, fd: int, timeout: float, errors: type[Exception]) -> Iterator[None]:
-        """Shut ``fd`` down if the block is still running ``timeout`` + grace from now; the
-        block's error (one of ``errors``) then becomes a ``timeout`` CheckError."""
+    def deadline(
+        self, fd: int, timeout: float, errors: type[Exception], owner: Liveness | None = None
+    ) -> Iterator[None]:
+        """Shut ``fd`` down if the block is still running ``timeout`` + grace from now (or when
+        ``owner`` is stopped); the block's error (one of ``errors``) then becomes a CheckError:
+        ``timeout``, or ``connection`` when stopped."""
         seconds = timeout + DEADLINE_GRACE
-        armed = Deadline(fd=fd, at=time.monotonic() + seconds)
+        armed = Deadline(fd=fd, at=time.monotonic() + seconds, owner=owner)
         with self._lock:
             self._idle.pop(fd, None)  # a statement's answer is not an idle socket waking up
             self._deadlines.add(armed)
+            if owner is not None and owner.stopping:
+                self._expire(armed)
             self._ensure_thread()
         self._wake()
         try:
@@ -140,12 +146,27 @@ class Watcher:
         finally:
             with self._lock:  # once out, the watcher never touches fd again (it may be closed)
                 self._deadlines.discard(armed)
+        if armed.expired and owner is not None and owner.stopping:
+            raise CheckError(FailureReason.CONNECTION, "stopping: the connection was shut down")
         if armed.expired:
             raise CheckError(
                 FailureReason.TIMEOUT,
                 f"no answer within {seconds:g}s (timeout {timeout:g}s and {DEADLINE_GRACE:g}s "
                 "grace); the connection was shut down",
             )
+
+    def stop(self, owner: Liveness) -> None:
+        """End ``owner``'s statement now, and each later one at its start, by shutting its socket
+        down: a cancel request would need a new connection, which a hung path never completes."""
+        with self._lock:
+            owner.stopping = True
+            for armed in [d for d in self._deadlines if d.owner is owner]:
+                self._expire(armed)
+
+    def _expire(self, armed: Deadline) -> None:  # under the lock
+        armed.expired = True
+        self._deadlines.discard(armed)
+        shut_down(armed.fd)
 
     def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
         """Call ``on_readable`` (in the watcher's thread) once ``fd`` becomes readable, once."""
@@ -181,9 +202,7 @@ class Watcher:
         with self._lock:
             now = time.monotonic()
             for armed in [d for d in self._deadlines if d.at <= now]:
-                armed.expired = True
-                self._deadlines.discard(armed)
-                shut_down(armed.fd)
+                self._expire(armed)
             wait = min((d.at - now for d in self._deadlines), default=None)
             idle = list(self._idle)
         poller = select.poll()
@@ -220,6 +239,7 @@ class Liveness:
         self._on_idle_readable = on_idle_readable
         self._watched: int | None = None
         self.failures = 0  # in a row; 0 once connected
+        self.stopping = False  # set under the watcher's lock (``stop``)
         self._next_attempt = 0.0
 
     def failed(self, exc: BaseException) -> None:
@@ -233,14 +253,19 @@ class Liveness:
     @contextlib.contextmanager
     def deadline(self, fd: int, timeout: float) -> Iterator[None]:
         """``Watcher.deadline`` for a statement on ``fd``, off the idle watch while it runs; past
-        the deadline ``on_deadline`` is told before the block fails."""
+        the deadline ``on_deadline`` is told before the block fails (not when stopped)."""
         self._watched = None
         try:
-            with self._watcher.deadline(fd, timeout, psycopg.Error):
+            with self._watcher.deadline(fd, timeout, psycopg.Error, self):
                 yield
         except CheckError as error:
-            self._on_deadline(error)
+            if not self.stopping:
+                self._on_deadline(error)
             raise
+
+    def stop(self) -> None:
+        """Fail the running statement now and every later one at once (the exporter stops)."""
+        self._watcher.stop(self)
 
     def idle(self, fd: int) -> None:
         """Tell the session's owner as soon as ``fd``, idle from now on, becomes readable."""

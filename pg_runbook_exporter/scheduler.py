@@ -136,7 +136,7 @@ class Scheduler:
             self._stopping = True
             self._cond.notify_all()
         for session in self._sessions:
-            session.cancel()
+            session.liveness.stop()  # the statement running ends now, even on a hung path
         for index, session in enumerate(self._sessions):
             if index < len(self._threads):
                 self._threads[index].join(timeout)

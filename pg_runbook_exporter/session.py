@@ -175,6 +175,8 @@ class Session:
             params.pop("options", "") or "",
             # A check never holds a transaction open; if one ever did, the server ends it.
             "-c idle_in_transaction_session_timeout=60s",
+            # A statement whose socket was shut down (a stop, a deadline) ends on the server too.
+            "-c client_connection_check_interval=1s",
             *(f"-c {name}={_escape_option(value)}" for name, value in self._pinned().items()),
         ]
         params["options"] = " ".join(o for o in options if o)
@@ -289,6 +291,7 @@ class Session:
         Raises CheckError. Whatever the statement did to the session, the next one starts from
         the state the connection was opened with, or on a new connection.
         """
+        failure: psycopg.Error | None = None
         try:
             if self._conn is None:
                 raise psycopg.OperationalError("not connected")
@@ -299,15 +302,20 @@ class Session:
                 self._conn.pipeline() as pipeline,
                 self._conn.cursor() as cur,
             ):
-                cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
-                cur.execute(sql.encode(), params)
-                pipeline.sync()
-                result = _read(cur, max_rows)
+                try:
+                    cur.execute(_TIMEOUTS_SQL, {"t": _ms(timeout), "l": _ms(lock_timeout)})
+                    cur.execute(sql.encode(), params)
+                    pipeline.sync()
+                    result = _read(cur, max_rows)
+                except psycopg.Error as exc:  # not raised through the pipeline's exit, where
+                    failure = exc  # psycopg would log a lost connection a second time
         except psycopg.Error as exc:
-            if classify(exc) is FailureReason.CONNECTION:
-                self._fail(exc)
-                raise self._error(exc) from None
-            error = self._error(exc)
+            failure = failure or exc  # an error from ending the pipeline comes after the first
+        if failure is not None:
+            if classify(failure) is FailureReason.CONNECTION:
+                self._fail(failure)
+                raise self._error(failure) from None
+            error = self._error(failure)
             self._reset(timeout)
             raise error from None
         self._reset(timeout)
@@ -389,12 +397,3 @@ class Session:
                 conn.close()
             except psycopg.Error:
                 logger.debug("%s: error while closing", self._name, exc_info=True)
-
-    def cancel(self) -> None:
-        """Ask the server to cancel the running statement (from another thread)."""
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.cancel_safe(timeout=2.0)
-            except psycopg.Error:
-                logger.debug("%s: cancel failed", self._name, exc_info=True)

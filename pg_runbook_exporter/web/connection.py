@@ -95,7 +95,11 @@ class Connection(asyncio.Protocol):
         self.transport = tls
         tls_config = self.shared.settings.tls
         if tls_config is not None and not tls_config.san_allowed(tls.get_extra_info("peercert")):
-            logger.info("client certificate without an allowed SAN from %s", self.client)
+            self.shared.bad_certificates.occurred(
+                "client certificate without an allowed SAN from %s; further ones are counted "
+                "and logged when they stop",
+                self.client,
+            )
             self.closing = True
             tls.close()
             return
@@ -264,7 +268,7 @@ class Connection(asyncio.Protocol):
         if future is None:
             self.shared.auth_busy.occurred(
                 "password checks queued to the limit (limits.max_pending_password_checks): "
-                "answering 429 to new ones until the queue drains"
+                "answering 429 to new ones while it is full"
             )
             self.respond(
                 429,
@@ -274,7 +278,6 @@ class Connection(asyncio.Protocol):
                 extra=b"Retry-After: 1\r\n",
             )
             return
-        self.shared.auth_busy.ended("password checks below the queue limit again")
         # Hold this connection's later pipelined requests until the answer is written, so
         # responses stay in order.
         self.auth = future
@@ -295,7 +298,7 @@ class Connection(asyncio.Protocol):
 
     def unauthorised(self, request: Request) -> None:
         self.shared.auth_failures.occurred(
-            "basic auth failed from %s; further failures are counted until a login succeeds",
+            "basic auth failed from %s; further failures are counted and logged when they stop",
             self.client,
         )
         settings = self.shared.settings
@@ -309,8 +312,6 @@ class Connection(asyncio.Protocol):
         if shared.rate_limited(self.client):
             self.respond(429, b"rate limited\n", close=request[4], head=request[0] == b"HEAD")
             return
-        if shared.settings.authenticator is not None:
-            shared.auth_failures.ended("basic auth succeeded after %(count)d failed attempts")
         shared.trust(self)
         self.route(*request)
 
@@ -331,7 +332,6 @@ class Connection(asyncio.Protocol):
                 shared.serve_errors.occurred("cannot serve the exposition", exc_info=True)
                 self.respond(500, b"internal error\n", close=close, head=head)
                 return
-            shared.serve_errors.ended("serving the exposition again")
             assert self.transport is not None
             self.transport.write(response)
             if close:
@@ -348,7 +348,7 @@ class Connection(asyncio.Protocol):
             try:
                 ready, reason = shared.ready()
             except Exception:
-                logger.exception("readiness check failed")
+                shared.ready_errors.occurred("readiness check failed", exc_info=True)
                 ready, reason = False, "readiness check failed"
             body = f"{reason or ('ready' if ready else 'not ready')}\n".encode()
             self.respond(200 if ready else 503, body, close=close, head=head)

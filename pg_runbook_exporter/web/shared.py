@@ -69,11 +69,45 @@ class Shared:
         # exposition object or the second changes, so a scrape is one write of ready bytes.
         self.prepared: list[tuple[bytes, bytes] | None] = [None] * 16
         self.variants: dict[tuple[bytes, bytes], Variant] = {}
-        self.at_limit = StateLog(logger)
-        self.starved = StateLog(logger)
-        self.auth_failures = StateLog(logger, logging.INFO)
-        self.auth_busy = StateLog(logger)
-        self.serve_errors = StateLog(logger, logging.ERROR)
+
+        # Conditions a flood repeats: one line as each starts, one with the count as it ends.
+        def state(end: str, level: int = logging.WARNING) -> StateLog:
+            return StateLog(logger, end, settings.clock, level)
+
+        self.at_limit = state(
+            "connection limits not reached for %(seconds)g s; %(count)d connections were "
+            "closed to make room or refused"
+        )
+        self.starved = state(
+            "accepting connections again: none failed for %(seconds)g s (%(count)d had failed)"
+        )
+        self.auth_failures = state(
+            "basic auth: no failure for %(seconds)g s; %(count)d failed attempts", logging.INFO
+        )
+        self.auth_busy = state(
+            "password check queue not full for %(seconds)g s; %(count)d requests were answered 429"
+        )
+        self.bad_certificates = state(
+            "no client certificate without an allowed SAN for %(seconds)g s; %(count)d refused",
+            logging.INFO,
+        )
+        self.serve_errors = state(
+            "serving the exposition again: no failure for %(seconds)g s (%(count)d failed)",
+            logging.ERROR,
+        )
+        self.ready_errors = state(
+            "readiness checks without error again for %(seconds)g s (%(count)d failed)",
+            logging.ERROR,
+        )
+        self.states = (
+            self.at_limit,
+            self.starved,
+            self.auth_failures,
+            self.auth_busy,
+            self.bad_certificates,
+            self.serve_errors,
+            self.ready_errors,
+        )
 
     def replace(self, settings: Settings) -> None:
         """Use `settings` from the next request on (a reload)."""
@@ -85,26 +119,18 @@ class Shared:
 
     def admit(self, connection: Tracked, client: str) -> bool:
         """Give `connection` a slot, closing the oldest unproven one if need be; False: refuse."""
-        self.starved.ended("accepting connections again (%(count)d accepts had failed)")
         limits = self.settings.limits
         mine = self.by_client.get(client)
-        crowded = False
         if mine is not None and len(mine) >= limits.max_connections_per_client:
-            crowded = True
             victim = next((c for c in mine if c in self.untrusted), None)
             if not self._make_room(
                 victim, f"max_connections_per_client {limits.max_connections_per_client}, {client}"
             ):
                 return False
         if len(self.connections) >= limits.max_connections:
-            crowded = True
             victim = next(iter(self.untrusted), None)
             if not self._make_room(victim, f"max_connections {limits.max_connections}"):
                 return False
-        if not crowded:
-            self.at_limit.ended(
-                "below the connection limits again; %(count)d connections were closed or refused"
-            )
         self.connections[connection] = client
         self.untrusted[connection] = None
         self.by_client.setdefault(client, {})[connection] = None
@@ -136,10 +162,12 @@ class Shared:
             del self.by_client[client]
 
     def sweep(self) -> None:
-        """Act on every connection past its deadline."""
+        """Act on every connection past its deadline; log the end of conditions that ended."""
         now = self.settings.clock()
         for connection in [c for c in self.connections if c.deadline < now]:
             connection.timed_out()
+        for state in self.states:
+            state.settle(now)
 
     def tick(self) -> None:
         date = email.utils.formatdate(usegmt=True).encode()

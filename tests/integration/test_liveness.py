@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -185,6 +186,53 @@ def test_a_terminated_session_is_back_and_every_check_ran_again_at_once(
         (new,) = exporter_pids(portal_db.server, portal_db.name)
         assert new != old
     assert_lost_once_and_back_once(caplog)
+
+
+def test_a_session_terminated_mid_statement_costs_exactly_one_log_line(
+    portal_db: PortalDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backend is ended while a statement is in flight (in pipeline mode). Fails when psycopg
+    logs a warning of its own besides the exporter's line (``error ignored terminating
+    <psycopg.Pipeline …>``), or when the loss is logged more than once."""
+    caplog.set_level(logging.DEBUG)
+    target = parse_database_url(portal_db.monitor_dsn)
+    session = Session(target=target, name="session 1")
+    failures: list[CheckError] = []
+
+    def run() -> None:
+        try:
+            session.run("SELECT pg_sleep(60)", {}, timeout=120, lock_timeout=1, max_rows=1)
+        except CheckError as error:
+            failures.append(error)
+
+    try:
+        session.connect()
+        worker = threading.Thread(target=run)
+        worker.start()
+
+        def sleeping() -> list[tuple[object, ...]]:
+            return portal_db.server.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = %s"
+                " AND wait_event = 'PgSleep'",
+                (APPLICATION_NAME, portal_db.name),
+            )
+
+        wait_for(lambda: bool(sleeping()), timeout=30, what="the statement to be running")
+        caplog.clear()
+        portal_db.server.execute("SELECT pg_terminate_backend(%s)", (sleeping()[0][0],))
+        worker.join(30)
+        assert not worker.is_alive()
+    finally:
+        session.close()
+    assert [f.reason for f in failures] == [FailureReason.CONNECTION]
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            SESSION_LOGGER,
+            "WARNING",
+            f"session 1: lost the database ({target.display}): "
+            "consuming input failed: server closed the connection unexpectedly",
+        )
+    ]
 
 
 @pytest.mark.fault

@@ -10,6 +10,7 @@ from pg_runbook_exporter.config import Config
 from pg_runbook_exporter.session import APPLICATION_NAME
 from tests.conftest import PortalDb
 from tests.support.collect import Scrape, pipeline_for, serving, state_of, wait_for
+from tests.support.proxy import HangingProxy
 from tests.support.unvetted import unvetted_config
 
 
@@ -179,3 +180,34 @@ checks:
         wait_for(slow_is_running, what="the slow check to be running on the server")
         assert exporter.scrape().value("pgrb_answer") == 42
         assert slow_is_running()
+
+
+def test_stop_returns_with_a_statement_hung_on_a_dead_path_and_opens_no_connection(
+    portal_db: PortalDb,
+) -> None:
+    """A statement is in flight when the path to the server stops relaying. Fails when stopping
+    sends a cancel request: it needs a new connection through the same path (the proxy accepts
+    a second one) that never completes, and the worker, still waiting far from its deadline
+    (30 s and the grace), is not done when stop() gives up joining it."""
+    config = config_of(SLOW_AND_FAST.replace("interval: 1h\n    timeout: 5s", "interval: 1h"))
+    host, port = portal_db.server.tcp_address()
+    proxy = HangingProxy((host, port))
+    dsn = portal_db.monitor_dsn.replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/")
+    assert dsn != portal_db.monitor_dsn
+    pipeline = pipeline_for(dsn, config)
+    others = set(threading.enumerate())
+    try:
+        pipeline.scheduler.start()
+
+        def slow_is_running() -> bool:
+            rows = exporter_backends(portal_db)
+            return any("pg_sleep(20)" in row[2] and row[1] == "active" for row in rows)
+
+        wait_for(slow_is_running, what="the slow check to be running on the server")
+        proxy.hang()
+        pipeline.scheduler.stop()
+        workers = [t for t in set(threading.enumerate()) - others if t.name.startswith("collector")]
+        assert workers == []
+        assert proxy.accepted == 1  # the session's own connection, no cancel request
+    finally:
+        proxy.close()

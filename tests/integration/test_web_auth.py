@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import select
 import socket
 import threading
@@ -25,9 +26,11 @@ from pg_runbook_exporter.web import auth
 from pg_runbook_exporter.web.auth import BasicAuthenticator
 from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
+from pg_runbook_exporter.web.statelog import HOLD_DOWN
 from pg_runbook_exporter.web.webconfig import load_web_config
 from tests.support.webclient import (
     Client,
+    FakeClock,
     authorization,
     basic,
     connect,
@@ -37,6 +40,7 @@ from tests.support.webclient import (
 )
 
 PASSWORD = "correct horse battery staple"
+SHARED_LOGGER = "pg_runbook_exporter.web.shared"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,10 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
 
     yield start
     stop_all()
+
+
+def shared_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == SHARED_LOGGER]
 
 
 def wait_for_connections(server: WebServer, count: int) -> None:
@@ -281,3 +289,50 @@ def test_clients_that_never_authenticate_cannot_keep_an_authenticated_scraper_ou
         sock.close()
     for client in (prometheus, second):
         client.close()
+
+
+def test_a_flood_that_drains_between_guesses_logs_one_start_and_one_end_per_condition(
+    serve: Callable[..., WebServer], cost12_hash: str, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five rounds of a full password queue that drains in between (a 429, then the queue free
+    again), each with a 401 and a verified scrape after it: what a wrong-password flood beside a
+    working Prometheus looks like. Fails when the queue draining or the scrape's login ends the
+    condition: then each round logs a start (and an end) again, 20 lines instead of 2."""
+    caplog.set_level(logging.INFO, logger=SHARED_LOGGER)
+    clock = FakeClock()
+    server = serve(
+        {"basic_auth_users": {"prometheus": cost12_hash}},
+        limits=Limits(max_pending_password_checks=0),  # one check at a time, none waiting
+        clock=clock,
+    )
+    prometheus = Client(server.port)
+    auth = basic("prometheus", PASSWORD)
+    assert prometheus.get("/healthz", headers=auth).status == 200
+    for i in range(5):
+        gate.close()
+        checked = Client(server.port, source="127.0.0.2")
+        checked.send(request(headers=basic("prometheus", f"guess {i}")))
+        assert gate.running.wait(30)  # the verifier holds this guess: the queue is full
+        refused = Client(server.port, source="127.0.0.2")
+        assert refused.get(headers=basic("prometheus", f"other guess {i}")).status == 429
+        gate.opened.set()
+        assert read_response(checked.file).status == 401  # the queue is free again
+        assert prometheus.get(headers=auth).status == 200
+        clock.advance(HOLD_DOWN / 2)  # gaps shorter than the hold-down, each swept
+        server.expire_overdue()
+        for client in (checked, refused):
+            client.close()
+    assert shared_lines(caplog) == [
+        "password checks queued to the limit (limits.max_pending_password_checks): answering "
+        "429 to new ones while it is full",
+        "basic auth failed from 127.0.0.2; further failures are counted and logged when they stop",
+    ]
+    caplog.clear()
+    clock.advance(HOLD_DOWN / 2)  # the hold-down since the last round
+    server.expire_overdue()
+    assert shared_lines(caplog) == [
+        "basic auth: no failure for 5 s; 5 failed attempts",
+        "password check queue not full for 5 s; 5 requests were answered 429",
+    ]
+    assert gate.calls == 1 + 5
+    prometheus.close()

@@ -8,6 +8,7 @@ configured deadline and that everything past it is, without waiting for it.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from pg_runbook_exporter.exposition import Exposition, render
 from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
+from pg_runbook_exporter.web.statelog import HOLD_DOWN
 from pg_runbook_exporter.web.webconfig import load_web_config
 from tests.support.webclient import (
     REQUEST,
@@ -235,3 +237,47 @@ def test_a_malformed_head_as_long_as_a_repeated_good_one_is_still_refused(
     assert read_response(client.file).status == 400
     assert client.closed_by_server()
     client.close()
+
+
+def test_failing_readiness_and_exposition_log_one_traceback_each_and_one_end(
+    exposition: Exposition, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten /readyz and ten /metrics whose callables raise, each /metrics failure followed by one
+    that works. Fails when each failure logs its own traceback (20), or when a served scrape
+    ends the condition: each failure then starts it again."""
+    caplog.set_level(logging.INFO, logger="pg_runbook_exporter.web.shared")
+    served = iter([None, exposition] * 10)
+
+    def get_exposition() -> Exposition:
+        body = next(served)
+        if body is None:
+            raise RuntimeError("rendering failed")
+        return body
+
+    def ready() -> tuple[bool, str]:
+        raise RuntimeError("the cache is broken")
+
+    start_server, stop_all = server_factory()
+    try:
+        server = start_server(get_exposition=get_exposition, ready=ready, clock=clock)
+        client = Client(server.port)
+        for _ in range(10):
+            assert client.get("/readyz").status == 503
+            assert client.get().status == 500
+            assert client.get().status == 200
+            clock.advance(HOLD_DOWN / 2)  # gaps shorter than the hold-down, each swept
+            server.expire_overdue()
+        client.close()
+        assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+            ("readiness check failed", True),
+            ("cannot serve the exposition", True),
+        ]
+        caplog.clear()
+        clock.advance(HOLD_DOWN / 2)
+        server.expire_overdue()
+        assert [r.getMessage() for r in caplog.records] == [
+            "serving the exposition again: no failure for 5 s (10 failed)",
+            "readiness checks without error again for 5 s (10 failed)",
+        ]
+    finally:
+        stop_all()

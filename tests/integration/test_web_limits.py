@@ -51,6 +51,11 @@ def test_the_descriptor_limit_is_raised_and_running_out_logs_one_line_not_a_trac
         for sock in waiting:  # accepted and served once descriptors are back
             assert read_response(sock.makefile("rb")).status == 200
             sock.close()
+        # The end is logged once no accept has failed for the hold-down (web/statelog.py).
+        for _ in range(600):  # a bound of 30 s, not a goal
+            if any("accepting connections again" in line for line in log):
+                break
+            time.sleep(0.05)
     finally:
         if process.stdin:
             process.stdin.write("quit\n")

@@ -3,6 +3,7 @@ connections not yet served, never from the ones that work."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from pg_runbook_exporter.exposition import Exposition, render
 from pg_runbook_exporter.web.limits import Limits
 from pg_runbook_exporter.web.server import WebServer
+from pg_runbook_exporter.web.statelog import HOLD_DOWN
 from tests.support.webclient import (
     Client,
     FakeClock,
@@ -21,6 +23,7 @@ from tests.support.webclient import (
     is_open,
     read_response,
     server_factory,
+    settle,
 )
 
 
@@ -95,3 +98,34 @@ def test_at_the_connection_limit_the_oldest_unserved_connection_makes_room(
     assert read_response(fifth.file).status == 503
     for client in [served, fifth, *newcomers]:
         client.close()
+
+
+def test_a_client_at_its_cap_again_and_again_logs_one_start_and_one_end(
+    serve: Callable[..., WebServer], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five connections past one client's cap, each followed by a scrape from another address
+    that is below every limit. Fails when that scrape ends the condition: each crowding then
+    logs a start again (and the scrape an end), 10 lines instead of 2."""
+    caplog.set_level(logging.INFO, logger="pg_runbook_exporter.web.shared")
+    server = serve(limits=Limits(max_connections_per_client=2, request_head_timeout=60))
+    crowd = [connect(server.port, source="127.0.0.2") for _ in range(2)]
+    for _ in range(5):
+        crowd.append(connect(server.port, source="127.0.0.2"))  # the oldest makes room
+        settle(server)
+        scrape(server.port)
+        clock.advance(HOLD_DOWN / 2)  # gaps shorter than the hold-down, each swept
+        server.expire_overdue()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "connection limit reached (max_connections_per_client 2, 127.0.0.2): closing the oldest "
+        "connections not yet served an authorised request to make room, refusing new ones when "
+        "there is none"
+    ]
+    clock.advance(HOLD_DOWN / 2)
+    server.expire_overdue()
+    assert [r.getMessage() for r in caplog.records] == [
+        *lines,
+        "connection limits not reached for 5 s; 5 connections were closed to make room or refused",
+    ]
+    for sock in crowd:
+        sock.close()

@@ -104,14 +104,24 @@ def test_client_certificate_required_and_verified(
     without_cert.close()
 
 
-def test_client_certificate_without_an_allowed_san_is_dropped(
-    tmp_path: Path, pki: dict[str, Path], serve: Callable[[WebConfig], int]
+def test_client_certificate_without_an_allowed_san_is_dropped_and_logged_once(
+    tmp_path: Path,
+    pki: dict[str, Path],
+    serve: Callable[[WebConfig], int],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Fails if the certificate is accepted, or if each refused one logs a line (five here)."""
+    caplog.set_level(logging.INFO, logger="pg_runbook_exporter.web")
     port = serve(client_cert_config(tmp_path, pki, ["other.example"]))
-    connection = https(port, pki, client_cert=True)
-    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-        get(connection, "/healthz")
-    connection.close()
+    for _ in range(5):
+        connection = https(port, pki, client_cert=True)
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            get(connection, "/healthz")
+        connection.close()
+    assert [r.getMessage() for r in caplog.records if "SAN" in r.getMessage()] == [
+        "client certificate without an allowed SAN from 127.0.0.1; further ones are counted and "
+        "logged when they stop"
+    ]
 
 
 def test_inline_certificate_and_key(
