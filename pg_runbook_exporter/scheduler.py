@@ -303,7 +303,8 @@ class Scheduler:
             )
             samples = build_samples(check, result, label_value_max_length=self._label_cap)
         except CheckError as error:
-            if error.reason is FailureReason.CONNECTION or session.lost:
+            lost = error.reason is FailureReason.CONNECTION or session.lost
+            if lost and not self._stopping:  # a stop shuts the socket: the database is fine
                 self._cache.set_up(False)
             self._cache.record_failure(check.name, error, self._clock() - started)
             if session.lost:
