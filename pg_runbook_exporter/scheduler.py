@@ -102,7 +102,6 @@ class Scheduler:
             for i in range(connections)
         ]
         self._suspects: set[Session] = set()  # idle sessions whose socket woke up
-        self._took: dict[str, float] = {}  # seconds each check's last run took
         self._queue: list[tuple[float, int, Check]] = []
         self._files_queue: list[tuple[float, int, Check]] = []
         self._order = itertools.count()
@@ -241,7 +240,6 @@ class Scheduler:
             started = self._clock()
             try:
                 run(check)
-                self._took[check.name] = self._clock() - started
                 held = self._held(queue, held)
                 if held is None:
                     self.publish()
@@ -263,9 +261,11 @@ class Scheduler:
         `PUBLISH_HOLD`; None: publish now."""
         with self._cond:
             now = self._clock()
-            quick = bool(queue) and queue[0][0] <= now
-            quick = quick and self._took.get(queue[0][2].name, SHORT_RUN) < SHORT_RUN
-        if not quick:
+            due = queue[0][2] if queue and queue[0][0] <= now else None
+        if due is None:
+            return None
+        last = self._cache.state(due.name)  # a skip is instant; a check never run may be slow
+        if last.skipped is None and (last.duration is None or last.duration >= SHORT_RUN):
             return None
         held = now if held is None else held
         return held if now - held < PUBLISH_HOLD else None

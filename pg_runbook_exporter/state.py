@@ -144,6 +144,11 @@ class ResultCache:
 
     # -- reading --------------------------------------------------------------------------
 
+    def state(self, name: str) -> CheckState:
+        """The check's state now (states are replaced, never changed)."""
+        with self._lock:
+            return self._states[name]
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
