@@ -71,8 +71,11 @@ class Shared:
         self.variants: dict[tuple[bytes, bytes], Variant] = {}
 
         # Conditions a flood repeats: one line as each starts, one with the count as it ends.
+        self.states: list[StateLog] = []  # each settled by the sweep
+
         def state(end: str, level: int = logging.WARNING) -> StateLog:
-            return StateLog(logger, end, settings.clock, level)
+            self.states.append(StateLog(logger, end, settings.clock, level))
+            return self.states[-1]
 
         self.at_limit = state(
             "connection limits not reached for %(seconds)g s; %(count)d connections were "
@@ -98,15 +101,6 @@ class Shared:
         self.ready_errors = state(
             "readiness checks without error again for %(seconds)g s (%(count)d failed)",
             logging.ERROR,
-        )
-        self.states = (
-            self.at_limit,
-            self.starved,
-            self.auth_failures,
-            self.auth_busy,
-            self.bad_certificates,
-            self.serve_errors,
-            self.ready_errors,
         )
 
     def replace(self, settings: Settings) -> None:
