@@ -96,6 +96,19 @@ def labelled(**labels: str) -> frozenset[tuple[str, str]]:
     return frozenset(labels.items())
 
 
+def session_blocker(
+    db: PortalDb, pid: int, application_name: str, *, state: str, relation: str, command: str = ""
+) -> frozenset[tuple[str, str]]:
+    """The labels of a lock blocker that is a session (not a prepared transaction)."""
+    return labelled(
+        **client(db, pid, application_name),
+        state=state,
+        gid="",
+        relation=relation,
+        command=command,
+    )
+
+
 def client(db: PortalDb, pid: int, application_name: str) -> dict[str, str]:
     """The session labels every offender series of a test session carries."""
     return {
@@ -122,12 +135,8 @@ def test_a_row_lock_chain_names_its_root_blocker_the_table_and_both_waiter_count
     scrape = offenders(db, offender_lock_wait_seconds=1, idle_in_transaction_warning_seconds=0)
     pid = blocker.info.backend_pid
     activity = session_of(db, pid)
-    expected = labelled(
-        **client(db, pid, "portal-bff"),
-        state="idle in transaction",
-        gid="",
-        relation="public.id_mappings",
-        command="",
+    expected = session_blocker(
+        db, pid, "portal-bff", state="idle in transaction", relation="public.id_mappings"
     )
     assert scrape.series("pgrb_lock_blocker_waiting_sessions") == {expected: 1}
     assert scrape.series("pgrb_lock_blocker_waiting_sessions_all") == {expected: 2}
@@ -163,10 +172,11 @@ def test_a_create_index_holding_up_a_write_is_named_with_its_command_and_progres
     wait_for(lambda: waiting_since(db, waiter.info.backend_pid, 1), what="the update to wait 1 s")
 
     scrape = offenders(db, offender_lock_wait_seconds=1)
-    expected = labelled(
-        **client(db, builder, "portal-migrations"),
+    expected = session_blocker(
+        db,
+        builder,
+        "portal-migrations",
         state="active",
-        gid="",
         relation="public.slowt",
         command="CREATE INDEX",
     )
