@@ -63,6 +63,7 @@ class Renderer:
             parts = [self._part(frame, state, snapshot.taken_at) for state in snapshot.states]
             text, openmetrics = frame.last(snapshot, parts, self._extra)
             exposition = assemble([p.fragment for p in parts], text, openmetrics, generation)
+            exposition.prepare_like(self.exposition)
             for listener in self._listeners:
                 listener(snapshot, generation)
             self.generation, self.exposition = generation, exposition

@@ -3,8 +3,9 @@
 A scrape never renders: the collection side renders a check's fragment when the check completes a
 run, `assemble()`s the plain bodies from the fragments once per snapshot and hands them to the web
 server, which picks a body by the request's `Accept` and `Accept-Encoding` headers
-(`web.negotiation.negotiate()`). Compression is the one thing left to the first scrape of a
-variant: it joins the gzip members of the fragments, compressing only those never compressed.
+(`web.negotiation.negotiate()`). A gzip body is built with the plain ones when scrapers asked for
+it before (compressing only the fragments never compressed); only the first scrape ever of a
+gzip variant builds it itself.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def generation_header(generation: int) -> bytes:
 class Exposition:
     """Prometheus text 0.0.4 and OpenMetrics 1.0.0 bodies, each plain and gzip-compressed.
 
-    The plain bodies are joined when the exposition is made; a gzip body the first time a scrape
-    asks for it, from its parts' members (each compressed once, when first asked for). Scrapers
-    that all ask for one variant (Prometheus: OpenMetrics, gzip) never cost the other three.
+    The plain bodies are joined when the exposition is made; a gzip body from its parts' members
+    (each compressed once) when `prepare_like` finds that scrapers asked for it from the exposition
+    before, else by the first scrape that asks. Scrapers that all ask for one variant (Prometheus:
+    OpenMetrics, gzip) never cost the other three, and after their first scrape they only read.
     """
 
     __slots__ = ("_gzip", "_parts", "generation", "openmetrics", "text")
@@ -79,6 +81,12 @@ class Exposition:
             body = b"".join(p.member(openmetrics) for p in self._parts)
             self._gzip[openmetrics] = body
         return body
+
+    def prepare_like(self, previous: Exposition) -> None:
+        """Build now (on the collection side) the gzip bodies `previous` was asked for."""
+        for openmetrics in (False, True):
+            if previous._gzip[openmetrics] is not None:
+                self._gzipped(openmetrics)
 
     @property
     def text_gzip(self) -> bytes:
@@ -116,7 +124,7 @@ class Fragment:
 
     Gzip members concatenated are one valid gzip stream whose content is the concatenation of
     theirs (RFC 1952), so a gzip body is its fragments' members joined: a fragment is compressed
-    once, the first time a scrape needs it, however often the bodies around it change.
+    once, the first time a body needs it, however often the bodies around it change.
     """
 
     __slots__ = ("_members", "openmetrics", "text")
