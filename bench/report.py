@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pg_runbook_exporter
+from bench.profile import RATE
+from bench.reconnect import FIGURES
 
 ORDER = ("pgrb", "qe", "pge", "fixed")
 LABELS = {
@@ -166,25 +168,20 @@ def _resource_rows(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             None if rss is None else rss <= RSS_BEFORE,
         )
     )
-    for name, what, limit in RECONNECT:
+    for name, what, _ in FIGURES:
         figures = res.get("reconnect", {}).get(name)
         worst = None if not figures or None in figures else max(figures)
         rows.append(
             (
-                f"{what} ≤ {limit:g} s (worst of {len(figures or [])})",
+                f"{what} ≤ {RECONNECT_LIMIT:g} s (worst of {len(figures or [])})",
                 NA if worst is None else f"{worst:.2f} s",
-                None if figures is None else worst is not None and worst <= limit,
+                None if figures is None else worst is not None and worst <= RECONNECT_LIMIT,
             )
         )
     return rows
 
 
-# (results key, what is measured, target seconds): bench/reconnect.py, checks every 60 s.
-RECONNECT = (
-    ("terminate", "session terminated → every check ran again", 5.0),
-    ("restart", "server restarted → every check ran again", 5.0),
-    ("hung", "hung database path → pgrb_up 0", 5.0),
-)
+RECONNECT_LIMIT = 5.0  # seconds, for each of bench/reconnect.py's figures (checks every 60 s)
 
 
 def _reconnect_lines(found: dict[str, list[float | None]]) -> list[str]:
@@ -196,7 +193,7 @@ def _reconnect_lines(found: dict[str, list[float | None]]) -> list[str]:
         "| event | seconds |",
         "|---|---:|",
     ]
-    for name, what, _ in RECONNECT:
+    for name, what, _ in FIGURES:
         if name in found:
             shown = ", ".join(NA if f is None else f"{f:.2f}" for f in found[name])
             lines.append(f"| {what} | {shown} |")
@@ -210,7 +207,7 @@ def _profile_lines(res: dict[str, Any]) -> list[str]:
     total = prof["samples"] or 1
     shares = sorted(prof["by_kind"].items(), key=lambda kv: -kv[1])
     return [
-        f"py-spy sampled this exporter {1000:,} times a second for {prof['seconds']:.0f} s while"
+        f"py-spy sampled this exporter {RATE:,} times a second for {prof['seconds']:.0f} s while"
         f" {prof['scrapers']} scrapers scraped it every {prof['interval']:g} s"
         f" ({prof['cpu_s_per_min']:.2f} CPU s/min in that window; {prof['samples']:,} busy"
         " samples, waits left out):",
