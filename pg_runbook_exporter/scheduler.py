@@ -256,12 +256,13 @@ class Scheduler:
                 self._requeue(queue, check, started)
 
     def _held(self, queue: list[tuple[float, int, Check]], held: float | None) -> float | None:
-        """Hold a result back while another check of `queue` is due now and was quick last time,
-        so checks due together are published (rendered, joined) once — but none longer than
-        `PUBLISH_HOLD`; None: publish now."""
+        """Hold a result back while another check of `queue` is due (within `SHORT_RUN`) and was
+        quick last time, so checks due together are published (rendered, joined) once — but none
+        longer than `PUBLISH_HOLD`; None: publish now."""
         with self._cond:
             now = self._clock()
-            due = queue[0][2] if queue and queue[0][0] <= now else None
+            # Due now or nearly: checks that ran back to back fall due a run's length apart.
+            due = queue[0][2] if queue and queue[0][0] <= now + SHORT_RUN else None
         if due is None:
             return None
         last = self._cache.state(due.name)  # a skip is instant; a check never run may be slow
